@@ -1,0 +1,139 @@
+"""``OllamaBackend``: the facade's backend, handing generations to the actor system.
+
+It turns ``(action, ctx, options)`` into a validated :class:`GenerationRequest` (rendering the
+context into ``/api/chat`` messages), submits it to the session's :class:`ActorSystem` and
+returns at once with an uncomputed :class:`ModelOutputThunk`. Everything slow happens in the
+runtime; this module never blocks.
+
+Rendering: an optional system message (``SYSTEM_PROMPT``; none when empty or None), then the
+context's view (``ctx.view_for_generation()``: nothing for a SimpleContext, the conversation for a
+ChatContext), then the action. A thunk of the history that is still running is awaited first
+(never an ``AssertionError`` as in Mellea 0.7.0): its text is what the model said.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+
+from mellea_actors.backends.model_options import ResolvedOptions, resolve_options
+from mellea_actors.core.backend import Backend
+from mellea_actors.core.cblock import CBlock, Component, render_plain
+from mellea_actors.core.context import Context
+from mellea_actors.core.thunk import ModelOutputThunk
+from mellea_actors.errors import InvalidInputError
+from mellea_actors.runtime.messages import ChatMessage, GenerationRequest
+from mellea_actors.runtime.system import ActorSystem
+from mellea_actors.stdlib.components import Message
+from mellea_actors.transport.ollama import normalize_host
+
+__all__ = ["OllamaBackend", "render_chat"]
+
+
+async def _item_messages(item: object) -> list[ChatMessage]:
+    if isinstance(item, Message):
+        return [ChatMessage(role=item.role, content=item.content)]
+    if isinstance(item, ModelOutputThunk):
+        if not item.is_computed() and item.value is None:
+            await item.avalue()  # a lazy thunk of the history: wait for what the model said
+        return [ChatMessage(role="assistant", content=item.value or "")]
+    if isinstance(item, CBlock | Component | str):
+        text = render_plain(item)
+        return [ChatMessage(role="user", content=text)] if text else []
+    raise InvalidInputError(f"cannot render {type(item).__name__} into a chat message: {item!r}")
+
+
+async def render_chat(
+    action: object, ctx: Context, system_prompt: str | None
+) -> tuple[ChatMessage, ...]:
+    """The ``/api/chat`` messages for ``action`` after the context's view."""
+    messages: list[ChatMessage] = []
+    if system_prompt:
+        messages.append(ChatMessage(role="system", content=system_prompt))
+    for item in ctx.view_for_generation() or []:
+        messages.extend(await _item_messages(item))
+    messages.extend(await _item_messages(action))
+    if not messages:
+        raise InvalidInputError(f"nothing to send: the action {action!r} renders to no text")
+    return tuple(messages)
+
+
+def _parser_for(action: object, format: type[pydantic.BaseModel] | None) -> Callable[[str], Any]:
+    if format is not None:
+
+        def parse_model(text: str) -> Any:
+            return format.model_validate_json(text)
+
+        return parse_model
+    if isinstance(action, Message):
+        return lambda text: Message("assistant", text)
+    return lambda text: text
+
+
+class OllamaBackend(Backend):
+    """Generates with an Ollama server through the session's actor system.
+
+    Args:
+        model_id: the Ollama model name (``ollama list``).
+        base_url: the Ollama host (``http://host:port``, ``host:port`` …).
+        model_options: default options (lowest precedence), validated now.
+        system: the actor system that runs the generations.
+    """
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        base_url: str,
+        system: ActorSystem,
+        model_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.base_url = normalize_host(base_url)
+        self.system = system
+        self.model_options = dict(model_options or {})
+        resolve_options(self.model_options)  # bad defaults fail here, not on the first call
+
+    def resolve(self, model_options: dict[str, Any] | None) -> ResolvedOptions:
+        return resolve_options(self.model_options, model_options)
+
+    async def generate_from_context(
+        self,
+        action: Any,
+        ctx: Context,
+        *,
+        format: type[pydantic.BaseModel] | None = None,
+        model_options: dict[str, Any] | None = None,
+        tool_calls: bool = False,
+    ) -> tuple[ModelOutputThunk[Any], Context]:
+        if tool_calls:
+            raise InvalidInputError("tool calls are not supported by the mellea_actors backend")
+        options = self.resolve(model_options)
+        schema: dict[str, Any] | None = None
+        if format is not None:
+            if not (isinstance(format, type) and issubclass(format, pydantic.BaseModel)):
+                raise InvalidInputError(
+                    f"format must be a pydantic BaseModel subclass, got {format!r}"
+                )
+            schema = format.model_json_schema()
+        messages = await render_chat(action, ctx, options.system_prompt)
+        request = GenerationRequest(
+            request_id=self.system.new_request_id(),
+            host=self.base_url,
+            model=self.model_id,
+            messages=messages,
+            options=options.ollama_options,
+            format=schema,
+            think=options.think,
+            stream=options.stream,
+            stream_timeout=options.stream_timeout,
+        )
+        cell, ref = self.system.submit(request)
+        mot = ModelOutputThunk._attach(
+            self.system, cell, ref, stream=options.stream, parse=_parser_for(action, format)
+        )
+        mot.action = action
+        mot.context = ctx
+        return mot, ctx.add(action).add(mot)

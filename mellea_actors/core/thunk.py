@@ -1,0 +1,490 @@
+"""``ModelOutputThunk``: the user's handle on a pending model output.
+
+The output itself lives in a :class:`~mellea_actors.runtime.thunk.ThunkActor` (one per
+generation); this handle holds the reader's state (its stream cursor) and talks to the actor.
+Generation runs to completion in the background whether or not anyone reads.
+
+States: pending → streaming → computed | failed | cancelled.
+
+Semantics (SPEC §3), stated precisely:
+
+* ``await avalue()`` waits for the end and returns the full text. Any number of concurrent
+  ``avalue()`` calls are fine; they all return the same value. A failed generation raises its
+  :class:`~mellea_actors.errors.BackendError` (the ``ollama``/httpx error is its ``__cause__``), on
+  every call. A cancelled one returns the text generated before the cancel.
+* ``await astream()`` returns the text that arrived since this reader's previous call, waiting
+  until there is some or the thunk ends; it never waits for more than that. The concatenation of
+  all ``astream()`` results equals ``value``. On an ended thunk it returns what is left unread
+  (the whole value on a first call), then ``""``. With ``ModelOption.STREAM`` false the first call
+  waits for the end and returns the whole text. If the generation failed, the text received
+  before the error is returned first; the next call raises the error.
+* Single reader: a second ``astream()`` while another one is waiting (from another task, loop
+  or thread) raises :class:`~mellea_actors.errors.SingleReaderError` at once.
+* Cancelling the task that awaits ``astream()``/``avalue()`` (``asyncio.wait_for`` timeout …)
+  loses nothing and does not stop the generation: the reader's cursor only moves when a call
+  returns, so the next call returns what the cancelled one would have.
+* ``is_computed()`` is True once the generation has ended with a value (computed, or cancelled:
+  then ``value`` is the partial text and ``cancelled`` is True) — and, if a reader has started
+  streaming, once that reader has read everything, so that ``while not mot.is_computed(): print(
+  await mot.astream())`` prints the whole text exactly once. A failed thunk is never computed.
+* ``await cancel()`` stops the generation: the HTTP stream to Ollama is closed within
+  milliseconds. It returns once the thunk has ended.
+
+Blocking use (from plain threads, never from inside the runtime's loop): :meth:`wait` and
+:meth:`iter_chunks`, both with timeouts; leaving ``iter_chunks`` early cancels the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+import pykka
+
+from mellea_actors.errors import (
+    AskTimeoutError,
+    GenerationCancelledError,
+    RuntimeClosedError,
+    SingleReaderError,
+)
+from mellea_actors.runtime.messages import (
+    AwaitOutcome,
+    GenerationMeta,
+    ReaderGone,
+    ReadNew,
+    StreamRead,
+    ThunkOutcome,
+    ThunkStatus,
+)
+
+if TYPE_CHECKING:
+    from mellea_actors.runtime.system import ActorSystem
+    from mellea_actors.runtime.thunk import ThunkCell
+
+__all__ = ["GenerationMetadata", "ModelOutputThunk"]
+
+S = TypeVar("S")
+
+
+class GenerationMetadata:
+    """What is known about a finished generation (``thunk.generation``)."""
+
+    __slots__ = ("_meta",)
+
+    def __init__(self, meta: GenerationMeta) -> None:
+        self._meta = meta
+
+    @property
+    def model(self) -> str:
+        return self._meta.model
+
+    @property
+    def provider(self) -> str:
+        return "ollama"
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Ollama's ``done_reason`` ("stop", "length" …); None when cancelled or failed."""
+        return self._meta.done_reason
+
+    @property
+    def usage(self) -> dict[str, int | None]:
+        """``prompt_tokens``, ``completion_tokens``, ``total_tokens`` (chunks, on cancel)."""
+        return self._meta.usage
+
+    @property
+    def ttfb_ms(self) -> float | None:
+        """Time from the start of the request to the first chunk, in milliseconds."""
+        t = self._meta.time_to_first_chunk
+        return None if t is None else t * 1000.0
+
+    @property
+    def time_to_first_chunk(self) -> float | None:
+        return self._meta.time_to_first_chunk
+
+    @property
+    def streaming(self) -> bool:
+        return self._meta.streaming
+
+    @property
+    def attempts(self) -> int:
+        return self._meta.attempts
+
+    def __repr__(self) -> str:
+        return (
+            f"GenerationMetadata(model={self.model!r}, finish_reason={self.finish_reason!r}, "
+            f"usage={self.usage!r}, ttfb_ms={self.ttfb_ms!r}, streaming={self.streaming!r})"
+        )
+
+
+class ModelOutputThunk(Generic[S]):
+    """A pending (or computed) model output; see the module docstring for the exact semantics.
+
+    ``ModelOutputThunk("text")`` builds an already computed thunk (no actor), as in Mellea.
+    """
+
+    def __init__(
+        self,
+        value: str | None = None,
+        meta: dict[str, Any] | None = None,
+        parsed_repr: S | None = None,
+        tool_calls: dict[str, Any] | None = None,
+    ) -> None:
+        self._meta: dict[str, Any] = dict(meta or {})
+        self._tool_calls = tool_calls
+        self._manual_value = value
+        self._parsed_repr: Any = parsed_repr
+        self._parsed = parsed_repr is not None
+        self._parse_fn: Callable[[str], Any] | None = None
+        self._cell: ThunkCell | None = None
+        self._ref: pykka.ActorRef[Any] | None = None
+        self._system: ActorSystem | None = None
+        self._stream_requested = True
+        self._cursor = 0  # chunks this reader has consumed (moved only when a read returns)
+        self._reader_lock = threading.Lock()
+        self._reading = False
+        self._stream_started = False
+        self._value_returned = False
+        self.action: Any = None
+        self.context: Any = None
+
+    # -- wiring (used by the backend) --------------------------------------------------------
+    @classmethod
+    def _attach(
+        cls,
+        system: ActorSystem,
+        cell: ThunkCell,
+        ref: pykka.ActorRef[Any],
+        *,
+        stream: bool,
+        parse: Callable[[str], Any] | None = None,
+    ) -> ModelOutputThunk[Any]:
+        mot: ModelOutputThunk[Any] = cls()
+        mot._system = system
+        mot._cell = cell
+        mot._ref = ref
+        mot._stream_requested = stream
+        mot._parse_fn = parse
+        return mot
+
+    @property
+    def request_id(self) -> str | None:
+        """The id of this generation in the supervision log (None for a manual thunk)."""
+        return None if self._cell is None else self._cell.request_id
+
+    @property
+    def status(self) -> str:
+        """ "pending", "streaming", "computed", "failed" or "cancelled"."""
+        if self._cell is None:
+            return "computed" if self._manual_value is not None else "pending"
+        return self._cell.status.value
+
+    # -- state -------------------------------------------------------------------------------
+    def _outcome(self) -> ThunkOutcome | None:
+        return None if self._cell is None else self._cell.outcome
+
+    def is_computed(self) -> bool:
+        """True once the value is final (see the module docstring for the reader rule)."""
+        if self._cell is None:
+            return self._manual_value is not None
+        outcome = self._cell.outcome
+        if outcome is None or outcome.status is ThunkStatus.FAILED:
+            return False
+        if self._stream_started and not self._value_returned:
+            return self._cursor >= len(outcome.chunks)
+        return True
+
+    @property
+    def value(self) -> str | None:
+        """The final text; None until the generation ended (and never for a failed one)."""
+        if self._cell is None:
+            return self._manual_value
+        outcome = self._cell.outcome
+        if outcome is None or outcome.status is ThunkStatus.FAILED:
+            return None
+        return outcome.text
+
+    @value.setter
+    def value(self, v: str) -> None:
+        if self._cell is not None:
+            raise AttributeError("the value of a generated thunk is owned by its actor")
+        self._manual_value = v
+
+    @property
+    def partial_value(self) -> str:
+        """The text received so far (readable in every state, also after an error)."""
+        if self._cell is None:
+            return self._manual_value or ""
+        return self._cell.snapshot_text()
+
+    @property
+    def thinking(self) -> str | None:
+        outcome = self._outcome()
+        return None if outcome is None else (outcome.thinking or None)
+
+    @property
+    def cancelled(self) -> bool:
+        outcome = self._outcome()
+        return outcome is not None and outcome.status is ThunkStatus.CANCELLED
+
+    @property
+    def error(self) -> BaseException | None:
+        """The generation's error once it failed, else None."""
+        outcome = self._outcome()
+        return None if outcome is None else outcome.error
+
+    @property
+    def generation(self) -> GenerationMetadata | None:
+        """Metadata of the finished generation (None while it runs or for a manual thunk)."""
+        outcome = self._outcome()
+        return None if outcome is None else GenerationMetadata(outcome.meta)
+
+    @property
+    def usage(self) -> dict[str, int | None] | None:
+        outcome = self._outcome()
+        return None if outcome is None else outcome.meta.usage
+
+    @property
+    def parsed_repr(self) -> S | None:
+        """The parsed output (e.g. the pydantic instance with ``format=``); None until computed."""
+        if self._parsed:
+            return self._parsed_repr
+        value = self.value
+        if value is None:
+            return None
+        if self.cancelled and self._parse_fn is not None:
+            raise GenerationCancelledError(
+                f"thunk {self.request_id} was cancelled; its partial text cannot be parsed"
+            )
+        self._parsed_repr = value if self._parse_fn is None else self._parse_fn(value)
+        self._parsed = True
+        return self._parsed_repr
+
+    @parsed_repr.setter
+    def parsed_repr(self, v: S) -> None:
+        self._parsed_repr = v
+        self._parsed = True
+
+    # -- async reads ------------------------------------------------------------------------
+    def _value_of(self, outcome: ThunkOutcome) -> str:
+        if outcome.status is ThunkStatus.FAILED:
+            assert outcome.error is not None
+            raise outcome.error.with_traceback(None)
+        return outcome.text
+
+    async def _await_outcome(self) -> ThunkOutcome:
+        cell = self._cell
+        assert cell is not None and self._ref is not None
+        outcome = cell.outcome
+        if outcome is not None:
+            return outcome
+        try:
+            result: ThunkOutcome = await self._ref.ask(AwaitOutcome(), block=False)
+        except (pykka.ActorDeadError, RuntimeClosedError):
+            if cell.outcome is not None:  # ended between our check and the ask
+                return cell.outcome
+            raise RuntimeClosedError(
+                f"thunk {cell.request_id} was stopped before its generation ended "
+                "(was the session closed?)"
+            ) from None
+        return result
+
+    async def avalue(self) -> str:
+        """Wait for the generation to end; return the full text (raise its error if it failed)."""
+        if self._cell is None:
+            if self._manual_value is None:
+                raise RuntimeError("this thunk has no value and no generation behind it")
+            return self._manual_value
+        text = self._value_of(await self._await_outcome())
+        self._value_returned = True
+        return text
+
+    def _acquire_reader(self) -> None:
+        with self._reader_lock:
+            if self._reading:
+                raise SingleReaderError(
+                    f"thunk {self.request_id} already has a reader waiting in astream(); "
+                    "a thunk has a single reader (use avalue() for more consumers)"
+                )
+            self._reading = True
+
+    async def astream(self) -> str:
+        """The text that arrived since this reader's previous call (see the module docstring)."""
+        if self._cell is None:
+            if self._stream_started:
+                return ""
+            self._stream_started = True
+            return await self.avalue()
+        self._acquire_reader()
+        try:
+            self._stream_started = True
+            read = await self._read_next()
+        finally:
+            with self._reader_lock:
+                self._reading = False
+        self._cursor = read.cursor
+        if read.outcome is not None and not read.text and read.outcome.status is ThunkStatus.FAILED:
+            self._value_of(read.outcome)  # raises
+        return read.text
+
+    async def _read_next(self) -> StreamRead:
+        cell = self._cell
+        assert cell is not None and self._ref is not None
+        cursor = self._cursor
+        outcome = cell.outcome
+        if outcome is None and not self._stream_requested:
+            outcome = await self._await_outcome()
+        if outcome is not None:
+            return StreamRead("".join(outcome.chunks[cursor:]), len(outcome.chunks), outcome)
+        chunks = cell.chunks
+        available = len(chunks)
+        if available > cursor:  # fast path: the append-only buffer already has new text
+            return StreamRead("".join(chunks[cursor:available]), available, None)
+        reader = id(self)
+        try:
+            read: StreamRead = await self._ref.ask(ReadNew(cursor, reader), block=False)
+        except asyncio.CancelledError:
+            self._tell(ReaderGone(reader))
+            raise
+        except (pykka.ActorDeadError, RuntimeClosedError):
+            if cell.outcome is None:
+                raise RuntimeClosedError(
+                    f"thunk {cell.request_id} was stopped before its generation ended"
+                ) from None
+            outcome = cell.outcome
+            return StreamRead("".join(outcome.chunks[cursor:]), len(outcome.chunks), outcome)
+        return read
+
+    def _tell(self, message: object) -> None:
+        if self._ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError, RuntimeClosedError):
+                self._ref.tell(message)
+
+    # -- cancel ---------------------------------------------------------------------------------
+    async def cancel(self, reason: str = "cancelled by the user", timeout: float = 10.0) -> None:
+        """Stop the generation (closing its HTTP stream) and wait until the thunk has ended.
+
+        No-op on a thunk that already ended. Raises AskTimeoutError if the thunk has not ended
+        within ``timeout`` seconds.
+        """
+        if self._cell is None or self._system is None or self._cell.outcome is not None:
+            return
+        self._system.cancel(self._cell.request_id, reason)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._await_outcome()
+        except TimeoutError as exc:
+            raise AskTimeoutError(
+                f"thunk {self.request_id} did not end within {timeout} s of its cancel"
+            ) from exc
+
+    async def cancel_generation(self, error: Exception | None = None) -> None:
+        """Mellea's name for :meth:`cancel`."""
+        await self.cancel(reason=f"cancelled: {error}" if error else "cancelled by the user")
+
+    # -- blocking use (plain threads) --------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the generation ends; return the value (raise its error if it failed).
+
+        Raises AskTimeoutError after ``timeout`` seconds (the generation goes on).
+        """
+        if self._cell is None:
+            return self._manual_value or ""
+        outcome = self._cell.outcome
+        if outcome is None:
+            assert self._ref is not None
+            try:
+                outcome = cast(ThunkOutcome, self._ref.ask(AwaitOutcome(), timeout=timeout))
+            except pykka.Timeout as exc:
+                raise AskTimeoutError(
+                    f"thunk {self.request_id} did not end within {timeout} s"
+                ) from exc
+            except pykka.ActorDeadError:
+                outcome = self._cell.outcome
+                if outcome is None:
+                    raise RuntimeClosedError(
+                        f"thunk {self.request_id} was stopped before its generation ended"
+                    ) from None
+        assert outcome is not None
+        text = self._value_of(outcome)
+        self._value_returned = True
+        return text
+
+    def iter_chunks(self, timeout: float | None = None) -> Iterator[str]:
+        """Block-iterate over the text as it arrives (this thunk's single reader).
+
+        ``timeout`` bounds each wait for new text (AskTimeoutError). Leaving the loop early
+        (``break``, an exception) cancels the generation.
+        """
+        if self._cell is None:
+            yield self._manual_value or ""
+            return
+        assert self._ref is not None
+        self._acquire_reader()
+        finished = False
+        try:
+            self._stream_started = True
+            while True:
+                outcome = self._cell.outcome
+                if outcome is None and not self._stream_requested:
+                    self.wait(timeout)
+                    outcome = self._cell.outcome
+                if outcome is not None:
+                    rest = "".join(outcome.chunks[self._cursor :])
+                    self._cursor = len(outcome.chunks)
+                    finished = True
+                    if rest:
+                        yield rest
+                    if outcome.status is ThunkStatus.FAILED:
+                        self._value_of(outcome)
+                    return
+                try:
+                    read = cast(
+                        StreamRead,
+                        self._ref.ask(ReadNew(self._cursor, id(self)), timeout=timeout),
+                    )
+                except pykka.Timeout as exc:
+                    self._tell(ReaderGone(id(self)))
+                    raise AskTimeoutError(
+                        f"no new text from thunk {self.request_id} within {timeout} s"
+                    ) from exc
+                except pykka.ActorDeadError:
+                    continue  # ended meanwhile: served from the outcome above
+                self._cursor = read.cursor
+                if read.text:
+                    yield read.text
+        finally:
+            with self._reader_lock:
+                self._reading = False
+            if not finished and self._system is not None and self._cell.outcome is None:
+                self._system.cancel(self._cell.request_id, "the blocking reader left early")
+
+    def cancel_sync(self, reason: str = "cancelled by the user", timeout: float = 10.0) -> None:
+        """Blocking :meth:`cancel`, for plain threads."""
+        if self._cell is None or self._system is None or self._cell.outcome is not None:
+            return
+        self._system.cancel(self._cell.request_id, reason)
+        try:
+            self.wait(timeout)
+        except AskTimeoutError:
+            raise
+        except Exception:  # the error of a failed generation is not the cancel's concern
+            pass
+
+    # -- representations ---------------------------------------------------------------------
+    def __str__(self) -> str:
+        """The value once computed, else ""."""
+        return self.value or "" if self.is_computed() or self._cell is None else ""
+
+    def __repr__(self) -> str:
+        return f"ModelOutputThunk(status={self.status!r}, value={self.value!r})"
+
+    def __copy__(self) -> ModelOutputThunk[S]:
+        raise TypeError("a ModelOutputThunk owns a live generation and cannot be copied")
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ModelOutputThunk[S]:
+        # Requirements are deep-copied per validator; a thunk inside one stays shared (read-only).
+        return self

@@ -1,0 +1,138 @@
+"""The exception tree of mellea_actors.
+
+Every error the library raises on purpose is a :class:`MelleaActorsError`. Errors caused by a
+backend keep the original exception (from the ``ollama`` client or ``httpx``) as ``__cause__``.
+
+::
+
+    MelleaActorsError
+    ├── InvalidInputError (also ValueError)   bad argument, option value, alias, verdict …
+    ├── BackendError                          anything that went wrong talking to Ollama
+    │   ├── BackendUnavailableError           the host did not answer (refused, DNS, timeout)
+    │   │   └── CircuitOpenError              failing fast: the host's circuit breaker is open
+    │   ├── ModelNotFoundError                the host answered; it does not have the model
+    │   ├── BackendResponseError              HTTP 4xx/5xx, or an ``{"error": …}`` line mid-stream
+    │   ├── StreamDroppedError                the connection closed before the final chunk
+    │   └── StreamTimeoutError                no chunk arrived for ``STREAM_TIMEOUT`` seconds
+    ├── ThunkError
+    │   ├── SingleReaderError (also RuntimeError)   a second reader while another one waits
+    │   └── GenerationCancelledError          waiting for a value that a cancel made final
+    ├── RuntimeClosedError (also RuntimeError)      the session / runtime was closed
+    └── AskTimeoutError (also TimeoutError)         a blocking call passed its timeout
+
+Backend errors mark whether they are *transient* (worth a restart before any text was
+delivered: refused or dropped connections, HTTP 5xx) in :attr:`BackendError.transient`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AskTimeoutError",
+    "BackendError",
+    "BackendResponseError",
+    "BackendUnavailableError",
+    "CircuitOpenError",
+    "GenerationCancelledError",
+    "InvalidInputError",
+    "MelleaActorsError",
+    "ModelNotFoundError",
+    "RuntimeClosedError",
+    "SingleReaderError",
+    "StreamDroppedError",
+    "StreamTimeoutError",
+    "ThunkError",
+]
+
+
+class MelleaActorsError(Exception):
+    """Base class of every error raised on purpose by mellea_actors."""
+
+
+class InvalidInputError(MelleaActorsError, ValueError):
+    """An argument, option value, alias or verdict is not acceptable; raised before any request."""
+
+
+class BackendError(MelleaActorsError):
+    """Talking to the Ollama server failed.
+
+    Attributes:
+        host: the Ollama base URL the request went to.
+        model: the model asked for, when known.
+        transient: True when retrying the same request may succeed (connection refused or
+            dropped, HTTP 5xx); the generation supervisor only restarts transient failures.
+    """
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, host: str | None = None, model: str | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+        self.model = model
+
+
+class BackendUnavailableError(BackendError):
+    """The Ollama host could not be reached (connection refused, unresolvable, connect timeout)."""
+
+    transient = True
+
+
+class CircuitOpenError(BackendUnavailableError):
+    """The circuit breaker of this host is open: recent connections failed, so we fail fast."""
+
+    transient = False
+
+
+class ModelNotFoundError(BackendError):
+    """The host answered but has no such model (``ollama list`` does not show it)."""
+
+
+class BackendResponseError(BackendError):
+    """The server answered with an error: HTTP 4xx/5xx, or an ``{"error": …}`` line mid-stream.
+
+    ``status_code`` is the HTTP status, or -1 for an error line inside a 200 stream.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        host: str | None = None,
+        model: str | None = None,
+    ) -> None:
+        super().__init__(message, host=host, model=model)
+        self.status_code = status_code
+
+    @property
+    def transient(self) -> bool:  # type: ignore[override]
+        return self.status_code >= 500
+
+
+class StreamDroppedError(BackendError):
+    """The connection closed (or broke) before Ollama sent its final ``done`` chunk."""
+
+    transient = True
+
+
+class StreamTimeoutError(BackendError):
+    """No chunk arrived within the stream timeout (``ModelOption.STREAM_TIMEOUT``)."""
+
+
+class ThunkError(MelleaActorsError):
+    """Misuse of a thunk (a pending model output)."""
+
+
+class SingleReaderError(ThunkError, RuntimeError):
+    """A second reader called ``astream()`` while another reader was waiting on the same thunk."""
+
+
+class GenerationCancelledError(ThunkError):
+    """A cancelled generation has no value to offer here (e.g. parsing structured output)."""
+
+
+class RuntimeClosedError(MelleaActorsError, RuntimeError):
+    """The session or actor runtime was closed; no new work is accepted."""
+
+
+class AskTimeoutError(MelleaActorsError, TimeoutError):
+    """A blocking call did not get its answer within its timeout."""

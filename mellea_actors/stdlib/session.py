@@ -1,0 +1,441 @@
+"""``MelleaSession`` and ``start_session``: the user's entry point.
+
+A session owns an :class:`~mellea_actors.runtime.system.ActorSystem` (one event-loop thread, a
+generation supervisor, one thunk actor per generation), an :class:`OllamaBackend` and a context.
+
+Async methods (``ainstruct``, ``aact``, ``aquery``, ``atransform``) without requirements return an
+uncomputed thunk at once: generation has already started in the background. With requirements the
+sampling strategy (rejection sampling, budget 2) runs and a computed thunk is returned.
+``achat`` and ``avalidate`` return their results. Sync methods run the async twin on the
+session's loop thread and block until it is done: they work from any thread, also one whose own
+event loop is running (a notebook cell), but not from the session's loop thread itself.
+
+Context: the session's ``ctx`` is replaced (never mutated) after each call. With a context that
+is not a :class:`SimpleContext`, an async request issued while an earlier request of this session
+is still unresolved logs the stale-context warning (the earlier turn may be missing from the new
+request's history); sequential awaited calls log nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Coroutine, Sequence
+from typing import Any, Literal, TypeVar
+
+import pydantic
+
+from mellea_actors.backends.ollama import OllamaBackend
+from mellea_actors.core.cblock import CBlock, Component
+from mellea_actors.core.context import Context
+from mellea_actors.core.requirement import Requirement, ValidationResult, reqify
+from mellea_actors.core.thunk import ModelOutputThunk
+from mellea_actors.errors import BackendUnavailableError, InvalidInputError, ModelNotFoundError
+from mellea_actors.runtime.supervision import RestartPolicy
+from mellea_actors.runtime.system import ActorSystem
+from mellea_actors.stdlib.components import Instruction, Message, apply_user_variables
+from mellea_actors.stdlib.context import ChatContext, SimpleContext
+from mellea_actors.stdlib.mobject import Query, Transform
+from mellea_actors.stdlib.sampling import (
+    RejectionSamplingStrategy,
+    SamplingResult,
+    SamplingStrategy,
+)
+from mellea_actors.transport.ollama import DEFAULT_HOST, normalize_host
+
+__all__ = ["DEFAULT_MODEL", "MelleaSession", "start_session"]
+
+_log = logging.getLogger("mellea_actors")
+
+T = TypeVar("T")
+
+DEFAULT_MODEL = "smollm2:135m"
+"""The model of ``start_session()`` unless ``model_id`` or ``MELLEA_ACTORS_MODEL`` say otherwise:
+the small model that the project's local Ollama registers (``make run`` / ``make test``)."""
+
+STALE_CONTEXT_WARNING = (
+    "Not using a SimpleContext with asynchronous requests could cause unexpected results due to "
+    "stale contexts. Ensure you await between requests."
+)
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "<default strategy: RejectionSamplingStrategy(loop_budget=2)>"
+
+
+_DEFAULT_STRATEGY: Any = _Default()
+
+
+class MelleaSession:
+    """A session: a backend, a context and the actor system that runs its generations."""
+
+    def __init__(self, backend: OllamaBackend, ctx: Context | None = None) -> None:
+        self.backend = backend
+        self.ctx: Context = ctx if ctx is not None else SimpleContext()
+        self._system = backend.system
+        self._pending: list[ModelOutputThunk[Any]] = []  # unresolved requests (non-simple ctx)
+        self._pending_lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def system(self) -> ActorSystem:
+        """The actor system of this session (supervision log, live actor tree)."""
+        return self._system
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel running generations, stop the session's actors and its loop thread."""
+        self._system.close(timeout)
+
+    cleanup = close
+
+    def __enter__(self) -> MelleaSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> MelleaSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
+    def reset(self) -> None:
+        """Start again from an empty context of the same kind."""
+        self.ctx = self.ctx.reset_to_new()
+
+    # -- stale-context detection ---------------------------------------------------------
+    def _begin_request(self, ctx: Context) -> None:
+        if isinstance(ctx, SimpleContext):
+            return
+        with self._pending_lock:
+            self._pending = [m for m in self._pending if m._outcome() is None]
+            stale = bool(self._pending)
+        if stale:
+            _log.warning(STALE_CONTEXT_WARNING)
+
+    def _track(self, ctx: Context, mot: ModelOutputThunk[Any]) -> None:
+        if not isinstance(ctx, SimpleContext):
+            with self._pending_lock:
+                self._pending.append(mot)
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._system.loop.run_sync(coro)
+
+    # -- act / instruct --------------------------------------------------------------------
+    async def aact(
+        self,
+        action: Component[Any] | CBlock,
+        *,
+        requirements: Sequence[Requirement | str] | None = None,
+        strategy: SamplingStrategy | None = _DEFAULT_STRATEGY,
+        model_options: dict[str, Any] | None = None,
+        format: type[pydantic.BaseModel] | None = None,
+        return_sampling_results: bool = False,
+        await_result: bool = False,
+        tool_calls: bool = False,
+    ) -> Any:
+        """Run ``action``; see the module docstring for when the thunk is computed."""
+        reqs = [reqify(r) for r in requirements or []]
+        ctx = self.ctx
+        self._begin_request(ctx)
+        if not reqs or strategy is None:
+            mot, new_ctx = await self.backend.generate_from_context(
+                action, ctx, format=format, model_options=model_options, tool_calls=tool_calls
+            )
+            self._track(ctx, mot)
+            self.ctx = new_ctx
+            if await_result or return_sampling_results:
+                await mot.avalue()
+            if return_sampling_results:
+                return SamplingResult(
+                    result_index=0,
+                    success=True,
+                    sample_generations=[mot],
+                    sample_validations=[[]],
+                    sample_actions=[action],
+                    sample_contexts=[new_ctx],
+                )
+            return mot
+        if strategy is _DEFAULT_STRATEGY:
+            strategy = RejectionSamplingStrategy(loop_budget=2)
+        result = await strategy.sample(
+            action, ctx, self.backend, reqs, format=format, model_options=model_options
+        )
+        self.ctx = result.result_ctx
+        return result if return_sampling_results else result.result
+
+    def act(self, action: Component[Any] | CBlock, **kwargs: Any) -> Any:
+        """Blocking :meth:`aact`; the returned thunk is computed."""
+        kwargs.setdefault("await_result", True)
+        return self._run(self.aact(action, **kwargs))
+
+    async def ainstruct(
+        self,
+        description: str,
+        *,
+        requirements: Sequence[Requirement | str] | None = None,
+        strategy: SamplingStrategy | None = _DEFAULT_STRATEGY,
+        model_options: dict[str, Any] | None = None,
+        format: type[pydantic.BaseModel] | None = None,
+        user_variables: dict[str, str] | None = None,
+        grounding_context: dict[str, Any] | None = None,
+        icl_examples: list[Any] | None = None,
+        prefix: str | None = None,
+        output_prefix: str | None = None,
+        images: list[Any] | None = None,
+        return_sampling_results: bool = False,
+        await_result: bool = False,
+    ) -> Any:
+        """Instruct the model; requirements are rendered into the prompt and then checked."""
+        instruction = Instruction(
+            description,
+            requirements=list(requirements) if requirements else None,
+            icl_examples=icl_examples,
+            grounding_context=grounding_context,
+            user_variables=user_variables,
+            prefix=prefix,
+            output_prefix=output_prefix,
+            images=images,
+        )
+        return await self.aact(
+            instruction,
+            requirements=instruction.requirements,
+            strategy=strategy,
+            model_options=model_options,
+            format=format,
+            return_sampling_results=return_sampling_results,
+            await_result=await_result,
+        )
+
+    def instruct(self, description: str, **kwargs: Any) -> Any:
+        """Blocking :meth:`ainstruct`; the returned thunk is computed."""
+        kwargs.setdefault("await_result", True)
+        return self._run(self.ainstruct(description, **kwargs))
+
+    # -- chat ------------------------------------------------------------------------------
+    async def achat(
+        self,
+        content: str,
+        role: Literal["system", "user", "assistant", "tool"] = "user",
+        *,
+        images: list[Any] | None = None,
+        user_variables: dict[str, str] | None = None,
+        format: type[pydantic.BaseModel] | None = None,
+        model_options: dict[str, Any] | None = None,
+    ) -> Message:
+        """Send a message; returns the assistant's reply (the context gains both messages)."""
+        if user_variables:
+            content = apply_user_variables(content, user_variables, "chat message")
+        message = Message(role, content, images=images)
+        ctx = self.ctx
+        self._begin_request(ctx)
+        mot, new_ctx = await self.backend.generate_from_context(
+            message, ctx, format=format, model_options=model_options
+        )
+        self._track(ctx, mot)
+        text = await mot.avalue()
+        self.ctx = new_ctx
+        if format is not None:
+            return Message("assistant", text)
+        parsed = mot.parsed_repr
+        return parsed if isinstance(parsed, Message) else Message("assistant", text)
+
+    def chat(
+        self,
+        content: str,
+        role: Literal["system", "user", "assistant", "tool"] = "user",
+        **kwargs: Any,
+    ) -> Message:
+        """Blocking :meth:`achat`."""
+        return self._run(self.achat(content, role, **kwargs))
+
+    # -- validate -------------------------------------------------------------------------------
+    async def avalidate(
+        self,
+        reqs: Requirement | str | Sequence[Requirement | str],
+        *,
+        output: CBlock | ModelOutputThunk[Any] | str | None = None,
+        format: type[pydantic.BaseModel] | None = None,
+        model_options: dict[str, Any] | None = None,
+    ) -> list[ValidationResult]:
+        """Validate the context's last output (or ``output``) against ``reqs``, concurrently."""
+        items = [reqs] if isinstance(reqs, Requirement | str) else list(reqs)
+        requirements = [reqify(r) for r in items]
+        if output is None:
+            ctx = self.ctx
+        else:
+            block = CBlock(output) if isinstance(output, str) else output
+            if isinstance(block, CBlock) and not isinstance(block, ModelOutputThunk):
+                block = ModelOutputThunk(block.value)
+            ctx = SimpleContext().add(block)
+        results = await asyncio.gather(
+            *(
+                r.validate(self.backend, ctx, format=format, model_options=model_options)
+                for r in requirements
+            )
+        )
+        return list(results)
+
+    def validate(
+        self, reqs: Requirement | str | Sequence[Requirement | str], **kwargs: Any
+    ) -> list[ValidationResult]:
+        """Blocking :meth:`avalidate`."""
+        return self._run(self.avalidate(reqs, **kwargs))
+
+    # -- query / transform ---------------------------------------------------------------
+    async def aquery(
+        self,
+        obj: Any,
+        query: str,
+        *,
+        format: type[pydantic.BaseModel] | None = None,
+        model_options: dict[str, Any] | None = None,
+        await_result: bool = False,
+    ) -> ModelOutputThunk[Any]:
+        """Ask a question about ``obj``; returns an uncomputed thunk at once."""
+        result: ModelOutputThunk[Any] = await self.aact(
+            Query(obj, query),
+            strategy=None,
+            format=format,
+            model_options=model_options,
+            await_result=await_result,
+        )
+        return result
+
+    def query(self, obj: Any, query: str, **kwargs: Any) -> ModelOutputThunk[Any]:
+        """Blocking :meth:`aquery`; the returned thunk is computed."""
+        kwargs.setdefault("await_result", True)
+        return self._run(self.aquery(obj, query, **kwargs))
+
+    async def atransform(
+        self,
+        obj: Any,
+        transformation: str,
+        *,
+        format: type[pydantic.BaseModel] | None = None,
+        model_options: dict[str, Any] | None = None,
+        await_result: bool = False,
+    ) -> ModelOutputThunk[Any]:
+        """Transform ``obj`` as described; returns an uncomputed thunk at once."""
+        result: ModelOutputThunk[Any] = await self.aact(
+            Transform(obj, transformation),
+            strategy=None,
+            format=format,
+            model_options=model_options,
+            await_result=await_result,
+        )
+        return result
+
+    def transform(self, obj: Any, transformation: str, **kwargs: Any) -> ModelOutputThunk[Any]:
+        """Blocking :meth:`atransform`; the returned thunk is computed."""
+        kwargs.setdefault("await_result", True)
+        return self._run(self.atransform(obj, transformation, **kwargs))
+
+
+# -- start_session ------------------------------------------------------------------------------
+def _resolve_host(base_url: str | None) -> str:
+    """``base_url``, else ``OLLAMA_HOST``, else the default host — or the embedded local Ollama
+    when nothing was configured, the default host does not answer, and the project's local
+    Ollama is installed (``make run`` / ``python -m mellea_actors.local install``)."""
+    if base_url:
+        return normalize_host(base_url)
+    env = os.environ.get("OLLAMA_HOST")
+    if env:
+        return normalize_host(env)
+    from mellea_actors.local import server as local_server
+
+    if local_server.is_ollama_reachable(DEFAULT_HOST, timeout=0.5):
+        return DEFAULT_HOST
+    if os.environ.get("MELLEA_ACTORS_NO_EMBEDDED") != "1":
+        return local_server.ensure_embedded_ollama().base_url
+    return DEFAULT_HOST
+
+
+def start_session(
+    backend_name: Literal["ollama"] = "ollama",
+    model_id: str | None = None,
+    ctx: Context | None = None,
+    *,
+    context_type: Literal["simple", "chat"] | None = None,
+    model_options: dict[str, Any] | None = None,
+    base_url: str | None = None,
+    check: bool = True,
+    restart_policy: RestartPolicy | None = None,
+    max_in_flight: int = 256,
+    **backend_kwargs: Any,
+) -> MelleaSession:
+    """Start a session against Ollama.
+
+    Args:
+        backend_name: only ``"ollama"``.
+        model_id: the Ollama model; default ``MELLEA_ACTORS_MODEL`` or :data:`DEFAULT_MODEL`.
+        ctx: the starting context (default ``SimpleContext()``); exclusive with ``context_type``.
+        context_type: ``"simple"`` or ``"chat"``.
+        model_options: session defaults, overridden per call (validated now).
+        base_url: the Ollama host; default ``OLLAMA_HOST``, else ``http://127.0.0.1:11434``, else
+            (nothing configured and nothing answering there) the project's embedded local Ollama.
+        check: ask the host for its models now, so that an unreachable host or an unknown model
+            fails here with an error naming it (a few ms on a local host).
+        restart_policy: how the generation supervisor restarts failed generators.
+        max_in_flight: requests open at once against the host (more wait for a slot).
+
+    Raises:
+        InvalidInputError: bad arguments (unknown backend or context type, ``ctx`` together with
+            ``context_type``, bad model options).
+        BackendUnavailableError: the host does not answer (with ``check``).
+        ModelNotFoundError: the host does not have the model (with ``check``).
+    """
+    if backend_name != "ollama":
+        raise InvalidInputError(
+            f"unknown backend_name {backend_name!r}: mellea_actors supports only 'ollama'"
+        )
+    if ctx is not None and context_type is not None:
+        raise InvalidInputError("pass either ctx or context_type to start_session, not both")
+    if context_type is not None:
+        if context_type == "simple":
+            ctx = SimpleContext()
+        elif context_type == "chat":
+            ctx = ChatContext()
+        else:
+            raise InvalidInputError(
+                f"unknown context_type {context_type!r}: use 'simple' or 'chat'"
+            )
+    if ctx is not None and not isinstance(ctx, Context):
+        raise InvalidInputError(f"ctx must be a Context, got {type(ctx).__name__}")
+    if backend_kwargs:
+        raise InvalidInputError(
+            f"unknown start_session argument(s): {', '.join(sorted(backend_kwargs))}"
+        )
+    model = model_id or os.environ.get("MELLEA_ACTORS_MODEL") or DEFAULT_MODEL
+    host = _resolve_host(base_url)
+    system = ActorSystem(policy=restart_policy, max_in_flight=max_in_flight)
+    try:
+        backend = OllamaBackend(model, base_url=host, system=system, model_options=model_options)
+        if check:
+            _check_model(system, host, model)
+    except BaseException:
+        system.close()
+        raise
+    return MelleaSession(backend, ctx)
+
+
+def _check_model(system: ActorSystem, host: str, model: str) -> None:
+    async def list_models() -> list[str]:
+        return await system.check_host(host)
+
+    try:
+        models = system.loop.run_sync(list_models(), timeout=30)
+    except BackendUnavailableError:
+        raise
+    names = set(models) | {m.removesuffix(":latest") for m in models}
+    if model not in names and f"{model}:latest" not in names:
+        raise ModelNotFoundError(
+            f"model {model!r} not found on Ollama at {host} "
+            f"(available: {', '.join(sorted(models)) or 'none'})",
+            host=host,
+            model=model,
+        )
