@@ -1,0 +1,304 @@
+"""The generation supervisor: starts, watches, restarts and cancels generators.
+
+One :class:`GenerationSupervisor` per runtime (so per session by default). For each
+``StartGeneration`` it runs a *generator*: an asyncio task on the actor loop that streams from
+Ollama through the transport and tells the thunk actor every chunk. The supervisor owns the tasks:
+
+* ``CancelGeneration`` cancels the task; the HTTP stream closes within milliseconds (even while
+  Ollama is silent) and the thunk ends ``cancelled`` with the text received so far.
+* A generator that failed is reported to the supervisor (``GeneratorExited``), which applies the
+  :class:`RestartPolicy`: transient failures before any chunk are restarted after a backoff;
+  everything else fails the thunk with the error (a :class:`BackendError` subclass).
+* Stopping the supervisor cancels every generator it runs.
+
+State (``_generations``) is owned by the actor loop thread; generator tasks only report through
+messages, so every decision is taken in a handler, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pykka
+
+from mellea_actors.errors import BackendError
+from mellea_actors.runtime.loop import ActorLoop, LoopActor
+from mellea_actors.runtime.messages import (
+    CancelGeneration,
+    ChunkArrived,
+    GenerationCancelled,
+    GenerationFailed,
+    GenerationFinished,
+    GenerationMeta,
+    GenerationRequest,
+    GeneratorExited,
+    RestartGenerator,
+    StartGeneration,
+)
+from mellea_actors.runtime.supervision import RestartIntensity, RestartPolicy
+
+if TYPE_CHECKING:
+    from mellea_actors.runtime.log import SupervisionLog
+    from mellea_actors.transport.ollama import OllamaTransport
+
+__all__ = ["GenerationSupervisor"]
+
+
+@dataclass
+class _Generation:
+    """The supervisor's record of one request (loop thread only)."""
+
+    request: GenerationRequest
+    thunk: pykka.ActorRef[Any]
+    attempt: int = 1
+    task: asyncio.Task[None] | None = None
+    restart_timer: asyncio.TimerHandle | None = None
+    cancel_reason: str | None = None
+    chunks: int = 0
+    first_chunk_at: float | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    reports: list[float] = field(default_factory=list)
+
+
+class GenerationSupervisor(LoopActor):
+    """Runs generators against Ollama; see the module docstring."""
+
+    kind = "generation_supervisor"
+
+    def __init__(
+        self,
+        actor_loop: ActorLoop,
+        *,
+        transport_for: Callable[[str], OllamaTransport],
+        log: SupervisionLog,
+        policy: RestartPolicy | None = None,
+        actor_id: str = "generation-supervisor",
+        parent_id: str | None = None,
+    ) -> None:
+        super().__init__(actor_loop)
+        self.transport_for = transport_for
+        self.log = log
+        self.policy = policy or RestartPolicy()
+        self.actor_id = actor_id
+        self.parent_id = parent_id
+        self._intensity = RestartIntensity(self.policy)
+        self._generations: dict[str, _Generation] = {}
+
+    def __str__(self) -> str:
+        return self.actor_id
+
+    # lifecycle -------------------------------------------------------------------------------
+    def on_start(self) -> None:
+        self._emit("actor_started")
+
+    def on_stop(self) -> None:
+        for gen in list(self._generations.values()):
+            self._cancel(gen, "supervisor stopped (session closed)")
+        self._emit("actor_stopped")
+
+    def on_crash(self, exc_info: Any) -> None:
+        self._emit("actor_crashed", reason=repr(exc_info[1]))
+        for gen in list(self._generations.values()):
+            self._cancel(gen, f"supervisor crashed: {exc_info[1]!r}")
+
+    def _emit(self, event: str, gen: _Generation | None = None, **fields: Any) -> None:
+        self.log.emit(
+            event,
+            actor=self.actor_id if gen is None else f"generator-{gen.request.request_id}",
+            kind=self.kind if gen is None else "generator",
+            parent=self.parent_id if gen is None else self.actor_id,
+            thunk=None if gen is None else gen.request.request_id,
+            **fields,
+        )
+
+    def active(self) -> list[str]:
+        """Request ids of the generations under way (for introspection)."""
+        return list(self._generations)
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, StartGeneration):
+            return self._on_start_generation(message)
+        if isinstance(message, CancelGeneration):
+            return self._on_cancel(message)
+        if isinstance(message, GeneratorExited):
+            return self._on_exited(message)
+        if isinstance(message, RestartGenerator):
+            return self._on_restart(message)
+        raise TypeError(f"{self} does not understand {type(message).__name__}")
+
+    # handlers --------------------------------------------------------------------------------
+    def _on_start_generation(self, message: StartGeneration) -> None:
+        request = message.request
+        gen = _Generation(request=request, thunk=message.thunk)
+        self._generations[request.request_id] = gen
+        self._launch(gen)
+
+    def _launch(self, gen: _Generation) -> None:
+        gen.restart_timer = None
+        self._emit(
+            "generation_started",
+            gen,
+            attempt=gen.attempt,
+            model=gen.request.model,
+            host=gen.request.host,
+        )
+        gen.task = self.actor_loop.loop.create_task(
+            self._generate(gen, gen.attempt), name=f"generator-{gen.request.request_id}"
+        )
+
+    def _on_cancel(self, message: CancelGeneration) -> bool:
+        gen = self._generations.get(message.request_id)
+        if gen is None:
+            return False
+        self._cancel(gen, message.reason)
+        return True
+
+    def _cancel(self, gen: _Generation, reason: str) -> None:
+        if gen.cancel_reason is not None:
+            return
+        gen.cancel_reason = reason
+        if gen.task is not None and not gen.task.done():
+            gen.task.cancel(reason)
+            return
+        # between attempts (waiting for a restart): nothing runs; end it here
+        if gen.restart_timer is not None:
+            gen.restart_timer.cancel()
+        self._generations.pop(gen.request.request_id, None)
+        self._emit("generation_cancelled", gen, reason=reason, chunks=gen.chunks)
+        self._tell_thunk(gen, GenerationCancelled(reason, self._meta(gen)))
+
+    def _on_exited(self, message: GeneratorExited) -> None:
+        gen = self._generations.get(message.request_id)
+        if gen is None or message.attempt != gen.attempt:
+            return
+        gen.task = None
+        error = message.error
+        if error is None:  # completed or cancelled: the generator told the thunk already
+            self._generations.pop(message.request_id, None)
+            return
+        restarts = gen.attempt - 1
+        if gen.cancel_reason is None and self.policy.should_restart(error, restarts, gen.chunks):
+            if self._intensity.record():
+                delay = self.policy.backoff(restarts + 1)
+                self._emit(
+                    "generator_restarting",
+                    gen,
+                    reason=str(error),
+                    attempt=gen.attempt,
+                    backoff=delay,
+                )
+                gen.attempt += 1
+                gen.restart_timer = self.actor_loop.loop.call_later(
+                    delay,
+                    self.actor_ref.tell,
+                    RestartGenerator(gen.request.request_id, gen.attempt),
+                )
+                return
+            self._emit("escalated", gen, reason=f"restart intensity exceeded: {error}")
+        self._generations.pop(message.request_id, None)
+        why = "after text was delivered (not retried)" if gen.chunks else ""
+        self._emit(
+            "generation_failed",
+            gen,
+            reason=f"{error} {why}".strip(),
+            error_type=type(error).__name__,
+            attempts=gen.attempt,
+            chunks=gen.chunks,
+        )
+        self._tell_thunk(gen, GenerationFailed(error, self._meta(gen)))
+
+    def _on_restart(self, message: RestartGenerator) -> None:
+        gen = self._generations.get(message.request_id)
+        if gen is None or gen.attempt != message.attempt or gen.cancel_reason is not None:
+            return
+        self._emit("generator_restarted", gen, attempt=gen.attempt)
+        self._launch(gen)
+
+    # the generator ---------------------------------------------------------------------------
+    def _tell_thunk(self, gen: _Generation, message: Any) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            gen.thunk.tell(message)
+
+    def _meta(self, gen: _Generation, final: Any = None) -> GenerationMeta:
+        ttfc = None if gen.first_chunk_at is None else gen.first_chunk_at - gen.started_at
+        if final is None:  # cancelled or failed: count what we received
+            return GenerationMeta(
+                model=gen.request.model,
+                done_reason=None,
+                completion_tokens=gen.chunks,
+                time_to_first_chunk=ttfc,
+                streaming=gen.request.stream,
+                attempts=gen.attempt,
+            )
+        return GenerationMeta(
+            model=gen.request.model,
+            done_reason=final.done_reason,
+            prompt_tokens=final.prompt_eval_count,
+            completion_tokens=final.eval_count if final.eval_count is not None else gen.chunks,
+            total_duration_ns=final.total_duration,
+            time_to_first_chunk=ttfc,
+            streaming=gen.request.stream,
+            attempts=gen.attempt,
+        )
+
+    async def _generate(self, gen: _Generation, attempt: int) -> None:
+        """Stream one attempt into the thunk; always ends with a GeneratorExited report.
+
+        Runs as a task on the actor loop. The body between pieces never awaits anything but the
+        stream, so a stall is always seen by the transport's stream timeout.
+        """
+        request = gen.request
+        thunk = gen.thunk
+        final = None
+        try:
+            transport = self.transport_for(request.host)
+            stream = transport.stream_chat(request)
+            async with contextlib.aclosing(stream):
+                async for piece in stream:
+                    if piece.content or piece.thinking:
+                        if gen.chunks == 0:
+                            gen.first_chunk_at = piece.received_at
+                            self._emit(
+                                "first_chunk", gen, latency=piece.received_at - gen.started_at
+                            )
+                        gen.chunks += 1
+                        thunk.tell(ChunkArrived(piece.content, piece.thinking, piece.received_at))
+                    if piece.done:
+                        final = piece
+        except asyncio.CancelledError:
+            # Tell the thunk here, not via the supervisor: the supervisor may be stopping.
+            reason = gen.cancel_reason or "cancelled"
+            self._emit("generation_cancelled", gen, reason=reason, chunks=gen.chunks)
+            self._tell_thunk(gen, GenerationCancelled(reason, self._meta(gen)))
+            self._report(GeneratorExited(request.request_id, attempt, gen.chunks, cancelled=True))
+            return
+        except BaseException as exc:
+            error: BaseException = exc
+            if not isinstance(exc, BackendError):
+                error = BackendError(
+                    f"generation {request.request_id} failed unexpectedly: {exc!r}",
+                    host=request.host,
+                    model=request.model,
+                )
+                error.__cause__ = exc
+            self._report(GeneratorExited(request.request_id, attempt, gen.chunks, error=error))
+            return
+        meta = self._meta(gen, final)
+        self._emit(
+            "generation_completed",
+            gen,
+            chunks=gen.chunks,
+            done_reason=meta.done_reason,
+            completion_tokens=meta.completion_tokens,
+        )
+        self._tell_thunk(gen, GenerationFinished(meta))
+        self._report(GeneratorExited(request.request_id, attempt, gen.chunks))
+
+    def _report(self, message: GeneratorExited) -> None:
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.actor_ref.tell(message)

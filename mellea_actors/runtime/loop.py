@@ -1,0 +1,428 @@
+"""The shared event-loop thread, and the pykka actor type whose mailbox it serves.
+
+pykka's only actor type, ``ThreadingActor``, spends one OS thread per actor; a service with
+10,000 pending generations cannot afford that. :class:`LoopActor` keeps pykka's whole public
+surface (``ActorRef.tell``/``ask``/``stop``/``proxy``, pykka futures with ``get(timeout=…)``) but
+its mailbox is a callback queue on an :class:`ActorLoop`: one asyncio event loop on one daemon
+thread serving any number of actors. The same loop runs the Ollama I/O (``ollama.AsyncClient``).
+
+Invariants (the whole engine relies on them):
+
+* Every handler of a LoopActor, and every piece of state it owns, runs on its ActorLoop's
+  thread. Two handlers of one actor never overlap; messages from one sender arrive in order.
+* Handlers must not block. Long work is an asyncio task the actor owns; it reports back with
+  messages. A handler may return an ``asyncio.Future`` or a coroutine: the asker's reply is then
+  set when it completes (a *deferred reply*); the actor goes on receiving meanwhile.
+* A handler exception in an ``ask`` goes back to the asker (the actor lives on, as in pykka). In a
+  ``tell`` it crashes the actor: the actor stops, ``on_failure`` runs, and the crash is reported
+  through :meth:`LoopActor.on_crash` (the supervisor's hook). A ``BaseException`` that is not an
+  ``Exception`` (e.g. ``asyncio.CancelledError``) is contained the same way: it never stops other
+  actors (pykka's ``ThreadingActor`` would stop every actor in the process).
+* A message that reaches a stopped actor is answered with ``pykka.ActorDeadError``, never dropped,
+  so an ``ask`` racing ``stop()`` cannot hang.
+* Blocking on a pykka future from an ActorLoop thread raises instead of deadlocking. From an
+  event loop, ``await future`` never blocks: the reply is handed over with
+  ``call_soon_threadsafe``.
+
+LoopActors are *not* put in pykka's process-global ``ActorRegistry`` (its unregister is O(n), and
+its ``stop_all`` would reach into sessions); the runtime keeps its own registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import pykka
+from pykka import ActorDeadError
+from pykka._threading import ThreadingFuture
+from pykka.messages import _ActorStop
+
+from mellea_actors.errors import AskTimeoutError, RuntimeClosedError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from pykka._envelope import Envelope
+
+    ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+__all__ = ["ActorLoop", "LoopActor", "LoopFuture", "ask_async", "current_actor_loop"]
+
+T = TypeVar("T")
+
+_local = threading.local()
+
+
+def current_actor_loop() -> ActorLoop | None:
+    """The ActorLoop whose thread is running this code, or None."""
+    return getattr(_local, "actor_loop", None)
+
+
+class ActorLoop:
+    """One asyncio event loop, on one daemon thread, serving many :class:`LoopActor` mailboxes.
+
+    The thread is a daemon so that a process never hangs at exit because of it; sessions stop
+    their loop explicitly (``stop()``), and an ``atexit`` hook of the runtime stops what is left.
+    """
+
+    def __init__(self, name: str = "mellea-actors") -> None:
+        self.name = name
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._ready = threading.Event()
+        self._closed = False
+        self._thread_id: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> ActorLoop:
+        """Start the thread; returns once the loop runs (raises AskTimeoutError after timeout)."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise AskTimeoutError(f"actor loop {self.name!r} did not start within {timeout} s")
+        return self
+
+    def _run(self) -> None:
+        _local.actor_loop = self
+        self._thread_id = threading.get_ident()
+        asyncio.set_event_loop(self._loop)
+        self._loop.call_soon(self._ready.set)
+        try:
+            self._loop.run_forever()
+        finally:
+            # Cancel what is left and let it run its cleanup (closing HTTP streams), bounded.
+            tasks = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                gathered = asyncio.gather(*tasks, return_exceptions=True)
+                with contextlib.suppress(Exception):
+                    self._loop.run_until_complete(asyncio.wait_for(gathered, 5.0))
+            with contextlib.suppress(Exception):
+                self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the loop (pending tasks are cancelled) and join the thread; True if it ended."""
+        if self._closed:
+            return not self._thread.is_alive()
+        self._closed = True
+        if self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._loop.stop)
+            if threading.get_ident() != self._thread_id:
+                self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def in_loop_thread(self) -> bool:
+        return threading.get_ident() == self._thread_id
+
+    # -- scheduling ------------------------------------------------------------------------
+    def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop thread, after everything already scheduled.
+
+        Thread-safe. Raises RuntimeClosedError once the loop was stopped.
+        """
+        if self._closed and not self.in_loop_thread():
+            raise RuntimeClosedError(f"actor loop {self.name!r} is closed")
+        try:
+            if self.in_loop_thread():
+                self._loop.call_soon(callback, *args)
+            else:
+                self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError as exc:  # loop closed under our feet
+            raise RuntimeClosedError(f"actor loop {self.name!r} is closed") from exc
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run a coroutine on the loop; returns a concurrent future (thread-safe)."""
+        if self._closed:
+            coro.close()
+            raise RuntimeClosedError(f"actor loop {self.name!r} is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the loop and block this thread until it is done.
+
+        Works from any thread but the loop's own (which would deadlock: RuntimeError), also from
+        a thread whose own event loop is running. On timeout the coroutine is cancelled and
+        AskTimeoutError is raised.
+        """
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError(
+                "a blocking call was made on the mellea_actors loop thread; "
+                "use the async method (await it) instead"
+            )
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError as exc:
+            future.cancel()
+            raise AskTimeoutError(f"no result within {timeout} s") from exc
+
+
+class LoopFuture(ThreadingFuture[T]):
+    """A pykka future that can also be awaited from any event loop without blocking it.
+
+    ``get(timeout=…)`` blocks as pykka's does (from plain threads). ``await future`` registers a
+    callback that completes an asyncio future of the awaiting loop via ``call_soon_threadsafe``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[LoopFuture[T]], None]] = []  # guarded by _condition
+
+    def set(self, value: Any | None = None) -> None:
+        super().set(value)
+        self._fire()
+
+    def set_exception(self, exc_info: Any = None) -> None:
+        if exc_info is None:
+            exc_info = sys.exc_info()
+        super().set_exception(exc_info)
+        self._fire()
+
+    def done(self) -> bool:
+        return self._result is not None or self._get_hook is not None
+
+    def _fire(self) -> None:
+        with self._condition:
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback(self)
+
+    def add_done_callback(self, callback: Callable[[LoopFuture[T]], None]) -> None:
+        """Call ``callback(self)`` once a value or exception is set (at once if it is)."""
+        with self._condition:
+            if self._result is None:
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def get(self, *, timeout: float | None = None) -> Any:
+        if not self.done() and current_actor_loop() is not None:
+            raise RuntimeError(
+                "blocking on an actor future from the mellea_actors loop thread would deadlock; "
+                "await it instead"
+            )
+        return super().get(timeout=timeout)
+
+    def __await__(self) -> Generator[Any, None, T]:
+        if self._get_hook is not None:  # a converted future (e.g. from ActorRef.stop())
+            return (yield from asyncio.to_thread(self.get).__await__())
+        if self._result is None:
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+
+            def _wake(_: LoopFuture[T]) -> None:
+                # RuntimeError: the awaiting loop is gone; nobody to wake
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_resolve, waiter)
+
+            self.add_done_callback(_wake)
+            yield from waiter.__await__()
+        return self.get(timeout=0)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def ask_async(ref: pykka.ActorRef[Any], message: Any, timeout: float | None = None) -> Any:
+    """Ask an actor from a coroutine without blocking its event loop.
+
+    Raises AskTimeoutError after ``timeout`` seconds (the reply, if it comes later, is dropped);
+    cancelling the awaiting task abandons the reply the same way.
+    """
+    future = ref.ask(message, block=False)
+    try:
+        if timeout is None:
+            return await future
+        async with asyncio.timeout(timeout):
+            return await future
+    except TimeoutError as exc:
+        raise AskTimeoutError(
+            f"{ref} did not answer {type(message).__name__} in {timeout} s"
+        ) from exc
+
+
+class _LoopInbox:
+    """The mailbox of a LoopActor: each envelope becomes one callback on the actor loop."""
+
+    __slots__ = ("_actor",)
+
+    def __init__(self) -> None:
+        self._actor: LoopActor | None = None
+
+    def put(self, envelope: Envelope[Any], /) -> None:
+        actor = self._actor
+        assert actor is not None
+        try:
+            actor.actor_loop.call_soon(actor._deliver, envelope)
+        except RuntimeClosedError:
+            if envelope.reply_to is not None:
+                envelope.reply_to.set_exception(
+                    (ActorDeadError, ActorDeadError(f"{actor} is gone: its loop is closed"), None)
+                )
+            else:
+                raise ActorDeadError(f"{actor} is gone: its loop is closed") from None
+
+    def get(self) -> Envelope[Any]:  # pragma: no cover - pykka's thread loop only
+        raise RuntimeError("a LoopActor's inbox is served by its ActorLoop")
+
+    def empty(self) -> bool:  # pragma: no cover - pykka's thread loop only
+        return True
+
+
+class LoopActor(pykka.Actor):
+    """A pykka actor served by an :class:`ActorLoop` instead of a thread of its own.
+
+    Subclasses implement ``on_receive`` (and/or methods for proxies) as usual, plus optionally
+    ``on_start`` / ``on_stop`` / ``on_failure``. All of them run on the loop thread. Start with
+    ``MyActor.start(actor_loop, …)``: the first constructor argument is the ActorLoop.
+    """
+
+    kind: ClassVar[str] = "actor"
+
+    def __init__(self, actor_loop: ActorLoop, *_args: Any, **_kwargs: Any) -> None:
+        super().__init__()
+        self.actor_loop = actor_loop
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _LoopInbox)
+        inbox._actor = self
+
+    # pykka's hooks for actor implementations -----------------------------------------------
+    @staticmethod
+    def _create_actor_inbox() -> _LoopInbox:
+        return _LoopInbox()
+
+    @staticmethod
+    def _create_future() -> LoopFuture[Any]:
+        return LoopFuture()
+
+    @classmethod
+    def start(cls, *args: Any, **kwargs: Any) -> pykka.ActorRef[Any]:
+        """Create the actor and schedule its ``on_start`` on the loop; thread-safe.
+
+        Messages sent right after ``start()`` returns are handled after ``on_start``.
+        """
+        obj = cls(*args, **kwargs)
+        obj._start_actor_loop()
+        return obj.actor_ref
+
+    def _start_actor_loop(self) -> None:
+        self.actor_loop.call_soon(self._run_on_start)
+
+    # the mailbox, served on the loop thread ------------------------------------------------
+    def _run_on_start(self) -> None:
+        try:
+            self.on_start()
+        except BaseException:
+            self._crash(sys.exc_info())  # type: ignore[arg-type]
+
+    def _deliver(self, envelope: Envelope[Any]) -> None:
+        reply_to = envelope.reply_to
+        if self.actor_stopped.is_set():
+            if reply_to is not None:
+                if isinstance(envelope.message, _ActorStop):
+                    reply_to.set(None)
+                else:
+                    reply_to.set_exception(
+                        (ActorDeadError, ActorDeadError(f"{self} stopped before handling it"), None)
+                    )
+            return
+        try:
+            response = self._handle_receive(envelope.message)
+        except BaseException as exc:
+            if reply_to is not None:
+                reply_to.set_exception()
+                self.on_ask_failure(envelope.message, exc)
+                if not isinstance(exc, Exception):  # contained: treat as a crash of this actor
+                    self._crash(sys.exc_info())  # type: ignore[arg-type]
+            else:
+                self._crash(sys.exc_info())  # type: ignore[arg-type]
+            return
+        if reply_to is None:
+            if asyncio.iscoroutine(response):
+                self._spawn(response, None)
+            return
+        if isinstance(response, asyncio.Future):
+            response.add_done_callback(lambda f: _copy_outcome(f, reply_to))
+        elif asyncio.iscoroutine(response):
+            self._spawn(response, reply_to)
+        else:
+            reply_to.set(response)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], reply_to: pykka.Future[Any] | None) -> None:
+        task = self.actor_loop.loop.create_task(coro)
+
+        def _done(t: asyncio.Task[Any]) -> None:
+            if reply_to is not None:
+                _copy_outcome(t, reply_to)
+            elif not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                assert exc is not None
+                self._crash((type(exc), exc, exc.__traceback__))
+
+        task.add_done_callback(_done)
+
+    def _stop(self) -> None:
+        if self.actor_stopped.is_set():
+            return
+        self.actor_stopped.set()
+        try:
+            self.on_stop()
+        except BaseException:
+            self.on_crash(sys.exc_info())  # type: ignore[arg-type]
+
+    def _crash(self, exc_info: ExcInfo) -> None:
+        if self.actor_stopped.is_set():
+            return
+        self.actor_stopped.set()
+        with contextlib.suppress(BaseException):  # a failing hook must not hide the crash
+            self.on_failure(*exc_info)
+        self.on_crash(exc_info)
+
+    # hooks for the runtime -----------------------------------------------------------------
+    def on_crash(self, exc_info: ExcInfo) -> None:
+        """Called on the loop thread after the actor crashed (it is already stopped).
+
+        The runtime's actors override this to report to their supervisor; the default prints
+        the traceback to stderr so that no crash is ever silent.
+        """
+        import traceback
+
+        traceback.print_exception(*exc_info, file=sys.stderr)
+
+    def on_ask_failure(self, message: Any, exc: BaseException) -> None:
+        """Called when a handler raised while answering an ``ask`` (the asker gets the error)."""
+
+
+def _copy_outcome(source: asyncio.Future[Any], target: pykka.Future[Any]) -> None:
+    if source.cancelled():
+        err = ActorDeadError("the actor dropped its deferred reply (it stopped)")
+        target.set_exception((ActorDeadError, err, None))
+        return
+    exc = source.exception()
+    if exc is not None:
+        target.set_exception((type(exc), exc, exc.__traceback__))
+    else:
+        target.set(source.result())

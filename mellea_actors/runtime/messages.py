@@ -1,0 +1,214 @@
+"""Every message exchanged between the runtime's actors, in one place.
+
+All messages are immutable: requests that come from users are frozen pydantic models (validated
+once, at the edge); hot-path messages (one per chunk) are frozen, slotted dataclasses, which cost
+a fraction of a pydantic model. pykka shares messages between threads without copying them, so
+nothing here may be mutated after it is built.
+
+Who sends what::
+
+    facade ──StartGeneration──▶ GenerationSupervisor ──(spawns a generator task)
+    generator ──ChunkArrived / GenerationFinished / …Failed / …Cancelled──▶ ThunkActor
+    generator ──GeneratorExited──▶ GenerationSupervisor      (decides: done, restart, or fail)
+    facade ──ReadNew / ReaderGone / AwaitOutcome──▶ ThunkActor   (replies: StreamRead, ThunkOutcome)
+    facade ──CancelGeneration──▶ GenerationSupervisor
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pykka
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AwaitOutcome",
+    "CancelGeneration",
+    "ChatMessage",
+    "ChunkArrived",
+    "GenerationCancelled",
+    "GenerationFailed",
+    "GenerationFinished",
+    "GenerationMeta",
+    "GenerationRequest",
+    "GeneratorExited",
+    "ReadNew",
+    "ReaderGone",
+    "RestartGenerator",
+    "StartGeneration",
+    "StreamRead",
+    "ThunkOutcome",
+    "ThunkStatus",
+]
+
+
+# -- the request (validated once, at the edge) -------------------------------------------------
+class ChatMessage(BaseModel):
+    """One message of an Ollama ``/api/chat`` request."""
+
+    model_config = ConfigDict(frozen=True)
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+    images: tuple[str, ...] | None = None
+
+
+class GenerationRequest(BaseModel):
+    """Everything one generation needs; built by the facade, read by the runtime and transport."""
+
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    host: str
+    model: str
+    messages: tuple[ChatMessage, ...]
+    options: Mapping[str, Any] = Field(default_factory=dict)
+    format: Mapping[str, Any] | Literal["json"] | None = None
+    think: bool | Literal["low", "medium", "high"] | None = None
+    stream: bool = True
+    """The user's ``ModelOption.STREAM``; the transport always streams from Ollama."""
+    stream_timeout: float | None = 120.0
+    """Seconds without a chunk (time to first chunk included) before the stream fails."""
+    keep_alive: float | str | None = None
+
+
+# -- generator → supervisor -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StartGeneration:
+    request: GenerationRequest
+    thunk: pykka.ActorRef[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelGeneration:
+    request_id: str
+    reason: str = "cancelled by the user"
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratorExited:
+    """A generator task ended; ``error`` is None on success or cancel."""
+
+    request_id: str
+    attempt: int
+    chunks_delivered: int
+    error: BaseException | None = None
+    cancelled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RestartGenerator:
+    request_id: str
+    attempt: int
+
+
+# -- generator → thunk ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class GenerationMeta:
+    """What Ollama (or, for a cancel, our own count) says about a finished generation."""
+
+    model: str
+    done_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_duration_ns: int | None = None
+    time_to_first_chunk: float | None = None
+    streaming: bool = True
+    attempts: int = 1
+
+    @property
+    def total_tokens(self) -> int | None:
+        if self.prompt_tokens is None and self.completion_tokens is None:
+            return None
+        return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
+
+    @property
+    def usage(self) -> dict[str, int | None]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkArrived:
+    text: str
+    thinking: str = ""
+    at: float = 0.0
+    """``time.monotonic()`` when the generator received the chunk."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationFinished:
+    meta: GenerationMeta
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationFailed:
+    error: BaseException
+    meta: GenerationMeta
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationCancelled:
+    reason: str
+    meta: GenerationMeta
+
+
+# -- readers → thunk ------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ReadNew:
+    """Ask for the text after chunk ``cursor``; answered as soon as there is some, or at the end."""
+
+    cursor: int
+    reader: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderGone:
+    """The reader that sent ``ReadNew`` stopped waiting (its task was cancelled)."""
+
+    reader: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitOutcome:
+    """Ask for the :class:`ThunkOutcome`; answered when the generation is over."""
+
+
+class ThunkStatus(enum.Enum):
+    PENDING = "pending"
+    STREAMING = "streaming"
+    COMPUTED = "computed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (ThunkStatus.COMPUTED, ThunkStatus.FAILED, ThunkStatus.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class ThunkOutcome:
+    """The final state of a thunk, published once and never changed."""
+
+    status: ThunkStatus
+    chunks: tuple[str, ...]
+    thinking: str
+    meta: GenerationMeta
+    error: BaseException | None = None
+    cancel_reason: str | None = None
+    text: str = field(default="")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRead:
+    """Reply to :class:`ReadNew`: the new text, the reader's next cursor, the outcome if final."""
+
+    text: str
+    cursor: int
+    outcome: ThunkOutcome | None = None

@@ -1,0 +1,193 @@
+"""The actor system behind a session: one loop thread, one generation supervisor, transports.
+
+::
+
+    ActorSystem  (id "system-…", the root of the tree)
+    └── GenerationSupervisor ("generation-supervisor")
+        ├── generator-<request id>   (asyncio task: streams from Ollama)
+        └── thunk-<request id>       (ThunkActor: owns that generation's output)
+
+Thread-safety: every public method may be called from any thread. The system's mutable state
+lives on its loop thread, except ``_thunks`` (a dict mutated by single operations, atomic in
+CPython) used for introspection.
+
+Shutdown: :meth:`close` cancels every generation (closing its HTTP stream), waits (bounded) until
+every thunk published its outcome, closes the HTTP clients and joins the loop thread. An ``atexit``
+hook closes systems that are still open, so a process never exits with a stream left open, and
+never hangs: the loop thread is a daemon and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import itertools
+import os
+import threading
+import weakref
+from typing import Any
+
+import pykka
+
+from mellea_actors.errors import RuntimeClosedError
+from mellea_actors.runtime.generation import GenerationSupervisor
+from mellea_actors.runtime.log import SupervisionLog
+from mellea_actors.runtime.loop import ActorLoop
+from mellea_actors.runtime.messages import CancelGeneration, GenerationRequest, StartGeneration
+from mellea_actors.runtime.supervision import RestartPolicy
+from mellea_actors.runtime.thunk import ThunkActor, ThunkCell
+from mellea_actors.transport.ollama import OllamaTransport
+
+__all__ = ["ActorSystem"]
+
+_ids = itertools.count(1)
+_live_systems: weakref.WeakSet[ActorSystem] = weakref.WeakSet()
+
+
+class ActorSystem:
+    """Runs generations on actors; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        policy: RestartPolicy | None = None,
+        log: SupervisionLog | None = None,
+        max_in_flight: int = 256,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.id = f"system-{os.getpid()}-{next(_ids)}"
+        self.log = log or SupervisionLog()
+        self._max_in_flight = max_in_flight
+        self._connect_timeout = connect_timeout
+        self._transports: dict[str, OllamaTransport] = {}  # loop thread only
+        self._thunks: dict[str, tuple[ThunkCell, pykka.ActorRef[Any]]] = {}
+        self._request_ids = itertools.count(1)
+        self._close_lock = threading.Lock()
+        self._closed = False
+        self.loop = ActorLoop(name=f"mellea-actors-{self.id}").start()
+        self.log.emit("system_started", actor=self.id, kind="system")
+        self.supervisor: pykka.ActorRef[GenerationSupervisor] = GenerationSupervisor.start(
+            self.loop,
+            transport_for=self._transport_for,
+            log=self.log,
+            policy=policy,
+            actor_id=f"{self.id}/generation-supervisor",
+            parent_id=self.id,
+        )
+        _live_systems.add(self)
+
+    # -- used by the facade ----------------------------------------------------------------
+    def new_request_id(self) -> str:
+        return f"{self.id.removeprefix('system-')}-{next(self._request_ids)}"
+
+    def submit(self, request: GenerationRequest) -> tuple[ThunkCell, pykka.ActorRef[Any]]:
+        """Start a thunk actor and its generation; returns at once (thread-safe)."""
+        if self._closed:
+            raise RuntimeClosedError(f"{self.id} is closed; open a new session")
+        cell = ThunkCell(request.request_id)
+        ref = ThunkActor.start(
+            self.loop, cell, log=self.log, parent_id=self.supervisor_id, registry=self._thunks
+        )
+        self._thunks[request.request_id] = (cell, ref)
+        self.supervisor.tell(StartGeneration(request, ref))
+        return cell, ref
+
+    def cancel(self, request_id: str, reason: str = "cancelled by the user") -> None:
+        """Ask the supervisor to cancel one generation (thread-safe, returns at once)."""
+        with contextlib.suppress(pykka.ActorDeadError):
+            self.supervisor.tell(CancelGeneration(request_id, reason))
+
+    @property
+    def supervisor_id(self) -> str:
+        return f"{self.id}/generation-supervisor"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def live_thunks(self) -> list[str]:
+        """Request ids of thunks whose generation has not ended yet."""
+        return [rid for rid, (cell, _) in list(self._thunks.items()) if cell.outcome is None]
+
+    def tree(self) -> dict[str, Any]:
+        """The live actor tree, as nested dicts (``id``, ``kind``, ``children``)."""
+        thunks: list[dict[str, Any]] = [
+            {"id": f"thunk-{rid}", "kind": "thunk", "status": cell.status.value, "children": []}
+            for rid, (cell, _) in list(self._thunks.items())
+        ]
+        return {
+            "id": self.id,
+            "kind": "system",
+            "children": [
+                {
+                    "id": self.supervisor_id,
+                    "kind": "generation_supervisor",
+                    "alive": self.supervisor.is_alive(),
+                    "children": thunks,
+                }
+            ],
+        }
+
+    def _transport_for(self, host: str) -> OllamaTransport:
+        transport = self._transports.get(host)
+        if transport is None:
+            transport = OllamaTransport(
+                host, connect_timeout=self._connect_timeout, max_in_flight=self._max_in_flight
+            )
+            self._transports[host] = transport
+        return transport
+
+    async def check_host(self, host: str, timeout: float = 5.0) -> list[str]:
+        """Models available on ``host`` (raises BackendUnavailableError if it does not answer).
+
+        Runs on the actor loop whatever loop awaits it.
+        """
+        future = self.loop.submit(self._transport_for_on_loop(host, timeout))
+        return await asyncio.wrap_future(future)
+
+    async def _transport_for_on_loop(self, host: str, timeout: float) -> list[str]:
+        return await self._transport_for(host).list_models(timeout=timeout)
+
+    # -- shutdown --------------------------------------------------------------------------
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel every generation, stop every actor, join the loop thread (bounded by timeout)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        _live_systems.discard(self)
+        if self.loop.in_loop_thread():
+            raise RuntimeError("ActorSystem.close() called from its own loop thread")
+        with contextlib.suppress(Exception):
+            self.supervisor.stop(timeout=timeout)
+        with contextlib.suppress(Exception):
+            self.loop.run_sync(self._drain(timeout), timeout=timeout + 1)
+        self.log.emit("system_stopped", actor=self.id, kind="system")
+        self.loop.stop(timeout)
+
+    async def _drain(self, timeout: float) -> None:
+        """On the loop: wait until every thunk published its outcome, then close HTTP clients."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._thunks and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        for cell, ref in list(self._thunks.values()):
+            if cell.outcome is None:
+                ref.stop(block=False)
+        for transport in list(self._transports.values()):
+            with contextlib.suppress(Exception):
+                await transport.aclose()
+        self._transports.clear()
+
+    def __enter__(self) -> ActorSystem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    for system in list(_live_systems):
+        with contextlib.suppress(Exception):
+            system.close(timeout=3.0)

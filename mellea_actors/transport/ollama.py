@@ -1,0 +1,247 @@
+"""The Ollama transport: streamed ``/api/chat`` through ``ollama.AsyncClient``, errors mapped.
+
+One :class:`OllamaTransport` per Ollama host. It must be used from a single event loop (the
+runtime's actor loop): the underlying ``httpx.AsyncClient`` pool is bound to it.
+
+Cancellation: cancelling the task that iterates :meth:`OllamaTransport.stream_chat` closes the
+HTTP connection at once (httpx never returns a half-read response to its pool), even while Ollama
+is silent; Ollama stops generating when it sees the disconnect. A plain ``break`` is the same,
+because the iterator is always closed (``aclosing``) by the caller.
+
+Errors (the original is kept as ``__cause__``):
+
+=================================================  =======================================
+what the ``ollama`` client / httpx raised           what we raise
+=================================================  =======================================
+``httpx.ConnectError``, ``ConnectTimeout``,         :class:`BackendUnavailableError` (names host)
+builtin ``ConnectionError``
+``ResponseError`` 404 "model … not found"           :class:`ModelNotFoundError` (names model, host)
+``ResponseError`` other status                      :class:`BackendResponseError` (status_code)
+``ResponseError`` status -1 (error line mid-stream) :class:`BackendResponseError` (status_code=-1)
+``httpx.RemoteProtocolError``, ``ReadError``, end   :class:`StreamDroppedError`
+of stream without the final ``done`` chunk
+no chunk for ``stream_timeout`` seconds             :class:`StreamTimeoutError`
+=================================================  =======================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import ollama
+
+from mellea_actors.errors import (
+    BackendError,
+    BackendResponseError,
+    BackendUnavailableError,
+    ModelNotFoundError,
+    StreamDroppedError,
+    StreamTimeoutError,
+)
+from mellea_actors.runtime.messages import GenerationRequest
+
+__all__ = ["DEFAULT_HOST", "OllamaTransport", "StreamPiece", "map_error", "normalize_host"]
+
+DEFAULT_HOST = "http://127.0.0.1:11434"
+
+
+def normalize_host(host: str | None) -> str:
+    """``host:port``, ``http://host``, ``0.0.0.0`` … → a base URL like the ollama client's."""
+    if not host:
+        return DEFAULT_HOST
+    from ollama._client import _parse_host
+
+    return str(_parse_host(host))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPiece:
+    """One streamed object of ``/api/chat``, reduced to what the runtime uses."""
+
+    content: str
+    thinking: str
+    done: bool
+    done_reason: str | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    total_duration: int | None = None
+    received_at: float = 0.0
+
+
+def map_error(exc: BaseException, *, host: str, model: str | None) -> BackendError:
+    """Translate an exception of the ollama client / httpx into our hierarchy."""
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, ollama.ResponseError):
+        status = exc.status_code
+        text = exc.error
+        if status == 404 and "not found" in text.lower():
+            return ModelNotFoundError(
+                f"model {model!r} not found on Ollama at {host} ({text})", host=host, model=model
+            )
+        if status == -1:
+            return BackendResponseError(
+                f"Ollama at {host} reported an error mid-stream for model {model!r}: {text}",
+                status_code=-1,
+                host=host,
+                model=model,
+            )
+        return BackendResponseError(
+            f"Ollama at {host} answered HTTP {status} for model {model!r}: {text}",
+            status_code=status,
+            host=host,
+            model=model,
+        )
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, ConnectionRefusedError)) or (
+        isinstance(exc, ConnectionError) and not isinstance(exc, ConnectionResetError)
+    ):
+        return BackendUnavailableError(
+            f"cannot reach Ollama at {host}: {exc or type(exc).__name__}"
+            " (is `ollama serve` running there? set OLLAMA_HOST or base_url)",
+            host=host,
+            model=model,
+        )
+    if isinstance(
+        exc, (httpx.RemoteProtocolError, httpx.ReadError, ConnectionResetError, httpx.WriteError)
+    ):
+        return StreamDroppedError(
+            f"the connection to Ollama at {host} broke mid-stream: {exc or type(exc).__name__}",
+            host=host,
+            model=model,
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return StreamTimeoutError(f"Ollama at {host} timed out: {exc}", host=host, model=model)
+    return BackendError(f"request to Ollama at {host} failed: {exc!r}", host=host, model=model)
+
+
+class OllamaTransport:
+    """Streams chat generations from one Ollama host (use from one event loop only).
+
+    ``max_in_flight`` caps the requests open at once (the rest wait for a slot, FIFO): a few
+    hundred connections saturate a local Ollama anyway, and an uncapped httpx pool spends most of
+    its CPU on bookkeeping with a thousand of them.
+    """
+
+    def __init__(
+        self, host: str, *, connect_timeout: float = 10.0, max_in_flight: int = 256
+    ) -> None:
+        self.host = normalize_host(host)
+        self._connect_timeout = connect_timeout
+        self._max_in_flight = max_in_flight
+        self._client: ollama.AsyncClient | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    def _ensure_client(self) -> ollama.AsyncClient:
+        if self._client is None:
+            self._client = ollama.AsyncClient(
+                host=self.host,
+                timeout=httpx.Timeout(None, connect=self._connect_timeout),
+                limits=httpx.Limits(
+                    max_connections=self._max_in_flight,
+                    max_keepalive_connections=min(self._max_in_flight, 64),
+                ),
+            )
+            self._slots = asyncio.Semaphore(self._max_in_flight)
+        return self._client
+
+    async def stream_chat(self, request: GenerationRequest) -> AsyncGenerator[StreamPiece, None]:
+        """Yield the pieces of one streamed chat; the last one has ``done=True``.
+
+        Raises a :class:`BackendError` subclass (see the module docstring). Close the iterator
+        (``contextlib.aclosing``) or cancel the task to close the connection.
+        """
+        client = self._ensure_client()
+        assert self._slots is not None
+        loop = asyncio.get_running_loop()
+        timeout = request.stream_timeout
+        saw_done = False
+        fmt = dict(request.format) if isinstance(request.format, Mapping) else request.format
+        async with self._slots:
+            try:
+                async with asyncio.timeout(timeout) as cm:
+                    stream = await client.chat(
+                        model=request.model,
+                        messages=[m.model_dump(exclude_none=True) for m in request.messages],
+                        options=dict(request.options) or None,
+                        format=fmt,
+                        think=request.think,
+                        keep_alive=request.keep_alive,
+                        stream=True,
+                    )
+                    try:
+                        async for part in stream:
+                            now = loop.time()
+                            if timeout is not None:
+                                cm.reschedule(now + timeout)
+                            message = part.message
+                            if part.done:
+                                saw_done = True
+                            yield StreamPiece(
+                                content=message.content or "",
+                                thinking=message.thinking or "",
+                                done=bool(part.done),
+                                done_reason=part.done_reason,
+                                prompt_eval_count=part.prompt_eval_count,
+                                eval_count=part.eval_count,
+                                total_duration=part.total_duration,
+                                received_at=time.monotonic(),
+                            )
+                    finally:
+                        await stream.aclose()  # type: ignore[attr-defined]
+            except TimeoutError as exc:
+                raise StreamTimeoutError(
+                    f"no chunk from Ollama at {self.host} for {timeout} s "
+                    f"(model {request.model!r}; ModelOption.STREAM_TIMEOUT)",
+                    host=self.host,
+                    model=request.model,
+                ) from exc
+            except BackendError:
+                raise
+            except Exception as exc:
+                raise map_error(exc, host=self.host, model=request.model) from exc
+        if not saw_done:
+            raise StreamDroppedError(
+                f"the stream from Ollama at {self.host} ended without its final chunk",
+                host=self.host,
+                model=request.model,
+            )
+
+    async def list_models(self, timeout: float = 5.0) -> list[str]:
+        """Names of the models the host has (``/api/tags``)."""
+        client = self._ensure_client()
+        try:
+            async with asyncio.timeout(timeout):
+                listed = await client.list()
+        except TimeoutError as exc:
+            raise BackendUnavailableError(
+                f"Ollama at {self.host} did not list its models within {timeout} s", host=self.host
+            ) from exc
+        except Exception as exc:
+            raise map_error(exc, host=self.host, model=None) from exc
+        return [m.model for m in listed.models if m.model]
+
+    async def version(self, timeout: float = 5.0) -> str:
+        """The server's version (``/api/version``); BackendUnavailableError if unreachable."""
+        client = self._ensure_client()
+        try:
+            async with asyncio.timeout(timeout):
+                response = await client._client.get("/api/version")
+                response.raise_for_status()
+        except TimeoutError as exc:
+            raise BackendUnavailableError(
+                f"Ollama at {self.host} did not answer within {timeout} s", host=self.host
+            ) from exc
+        except Exception as exc:
+            raise map_error(exc, host=self.host, model=None) from exc
+        data: dict[str, Any] = response.json()
+        return str(data.get("version", ""))
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client._client.aclose()
