@@ -1,0 +1,168 @@
+"""LoopActor: pykka's actor surface on a shared event-loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pykka
+import pytest
+
+from mellea_actors.errors import AskTimeoutError
+from mellea_actors.runtime.loop import ActorLoop, LoopActor, ask_async
+
+
+class Echo(LoopActor):
+    kind = "echo"
+
+    def __init__(self, actor_loop: ActorLoop, crashes: list[str] | None = None) -> None:
+        super().__init__(actor_loop)
+        self.crashes = crashes if crashes is not None else []
+        self.seen: list[Any] = []
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "raise":
+            raise ValueError("boom")
+        if message == "cancelled":
+            raise asyncio.CancelledError("a BaseException in a handler")
+        if message == "later":
+            fut = self.actor_loop.loop.create_future()
+            self.actor_loop.loop.call_soon(fut.set_result, "deferred")
+            return fut
+        if message == "never":
+            return self.actor_loop.loop.create_future()
+        self.seen.append(message)
+        return (message, threading.current_thread().name)
+
+    def double(self, x: int) -> int:
+        return 2 * x
+
+    def on_crash(self, exc_info: Any) -> None:
+        self.crashes.append(repr(exc_info[1]))
+
+
+@pytest.fixture
+def actor_loop() -> Iterator[ActorLoop]:
+    loop = ActorLoop(name="mellea-actors-test").start()
+    yield loop
+    assert loop.stop(timeout=5)
+
+
+def test_tell_ask_and_proxy_run_on_the_loop_thread(actor_loop: ActorLoop) -> None:
+    ref = Echo.start(actor_loop)
+    reply = ref.ask("hi", timeout=5)
+    assert reply == ("hi", actor_loop.thread.name)
+    assert ref.proxy().double(21).get(timeout=5) == 42
+    for i in range(100):
+        ref.tell(i)
+    assert ref.ask("last", timeout=5)[0] == "last"
+    assert ref.proxy().seen.get(timeout=5) == ["hi", *range(100), "last"]  # FIFO per sender
+
+
+def test_actors_do_not_take_a_thread_each(actor_loop: ActorLoop) -> None:
+    before = threading.active_count()
+    refs = [Echo.start(actor_loop) for _ in range(2000)]
+    assert all(r.ask("x", timeout=5)[0] == "x" for r in refs[::100])
+    assert threading.active_count() == before
+
+
+def test_ask_failure_goes_back_and_the_actor_lives(actor_loop: ActorLoop) -> None:
+    ref = Echo.start(actor_loop)
+    with pytest.raises(ValueError, match="boom"):
+        ref.ask("raise", timeout=5)
+    assert ref.is_alive() and ref.ask("ok", timeout=5)[0] == "ok"
+
+
+def test_tell_failure_crashes_only_that_actor_and_is_reported(actor_loop: ActorLoop) -> None:
+    crashes: list[str] = []
+    victim = Echo.start(actor_loop, crashes)
+    bystander = Echo.start(actor_loop)
+    victim.tell("raise")
+    victim.tell("cancelled")
+    with pytest.raises(pykka.ActorDeadError):
+        victim.ask("anyone?", timeout=5)  # answered, never dropped
+    assert crashes == ["ValueError('boom')"]
+    assert bystander.ask("still here", timeout=5)[0] == "still here"
+
+
+def test_base_exception_in_a_handler_does_not_stop_other_actors(actor_loop: ActorLoop) -> None:
+    crashes: list[str] = []
+    victim = Echo.start(actor_loop, crashes)
+    others = [Echo.start(actor_loop) for _ in range(3)]
+    victim.tell("cancelled")
+    with pytest.raises(pykka.ActorDeadError):
+        victim.ask("x", timeout=5)
+    assert len(crashes) == 1 and "CancelledError" in crashes[0]
+    assert all(o.ask("y", timeout=5)[0] == "y" for o in others)
+
+
+def test_deferred_replies_and_stop_answer_pending_asks(actor_loop: ActorLoop) -> None:
+    ref = Echo.start(actor_loop)
+    assert ref.ask("later", timeout=5) == "deferred"
+    with pytest.raises(pykka.Timeout):
+        ref.ask("never", timeout=0.05)
+    assert ref.stop(timeout=5) is True
+    with pytest.raises(pykka.ActorDeadError):
+        ref.ask("after stop", timeout=5)
+
+
+def test_ask_racing_stop_is_always_answered(actor_loop: ActorLoop) -> None:
+    for _ in range(200):
+        ref = Echo.start(actor_loop)
+        future = ref.ask("x", block=False)
+        ref.stop(block=False)
+        late = ref.ask("y", block=False)
+        assert future.get(timeout=5)[0] == "x"
+        try:
+            late.get(timeout=5)
+        except pykka.ActorDeadError:
+            pass
+
+
+async def test_awaiting_an_ask_does_not_block_the_event_loop(actor_loop: ActorLoop) -> None:
+    ref = Echo.start(actor_loop)
+    ticks = 0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    replies = await asyncio.gather(*(ref.ask(i, block=False) for i in range(200)))
+    stop.set()
+    await task
+    assert [r[0] for r in replies] == list(range(200))
+    assert ticks > 0  # the loop kept running while we waited
+    assert await ask_async(ref, "later", timeout=5) == "deferred"
+    with pytest.raises(AskTimeoutError):
+        await ask_async(ref, "never", timeout=0.05)
+
+
+def test_blocking_get_on_the_loop_thread_raises_instead_of_deadlocking(
+    actor_loop: ActorLoop,
+) -> None:
+    ref = Echo.start(actor_loop)
+
+    async def inside() -> str:
+        future = ref.ask("never", block=False)
+        try:
+            future.get(timeout=1)
+        except RuntimeError as exc:
+            return str(exc)
+        return "no error"
+
+    assert "deadlock" in actor_loop.run_sync(inside(), timeout=5)
+
+
+def test_stopped_loop_rejects_work_and_its_thread_ends() -> None:
+    loop = ActorLoop(name="mellea-actors-test").start()
+    ref = Echo.start(loop)
+    assert loop.stop(timeout=5)
+    assert not loop.thread.is_alive()
+    with pytest.raises(pykka.ActorDeadError):
+        ref.ask("x", timeout=1)
