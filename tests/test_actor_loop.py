@@ -115,10 +115,11 @@ def test_ask_racing_stop_is_always_answered(actor_loop: ActorLoop) -> None:
         ref.stop(block=False)
         late = ref.ask("y", block=False)
         assert future.get(timeout=5)[0] == "x"
-        try:
-            late.get(timeout=5)
+        try:  # either answer is fine; pykka.Timeout (an unanswered ask) is the failure
+            answer = late.get(timeout=5)[0]
         except pykka.ActorDeadError:
-            pass
+            answer = "dead"
+        assert answer in {"y", "dead"}
 
 
 async def test_awaiting_an_ask_does_not_block_the_event_loop(actor_loop: ActorLoop) -> None:
