@@ -78,7 +78,8 @@ class OllamaBackend(Backend):
     Args:
         model_id: the Ollama model name (``ollama list``).
         base_url: the Ollama host (``http://host:port``, ``host:port`` …).
-        model_options: default options (lowest precedence), validated now.
+        model_options: default options, overridden per call; validated now.
+        base_options: defaults below ``model_options`` (e.g. from the environment).
         system: the actor system that runs the generations.
     """
 
@@ -89,15 +90,18 @@ class OllamaBackend(Backend):
         base_url: str,
         system: ActorSystem,
         model_options: dict[str, Any] | None = None,
+        base_options: dict[str, Any] | None = None,
     ) -> None:
         self.model_id = model_id
         self.base_url = normalize_host(base_url)
         self.system = system
         self.model_options = dict(model_options or {})
-        resolve_options(self.model_options)  # bad defaults fail here, not on the first call
+        self.base_options = dict(base_options or {})
+        self.resolve(None)  # bad defaults fail here, not on the first call
 
     def resolve(self, model_options: dict[str, Any] | None) -> ResolvedOptions:
-        return resolve_options(self.model_options, model_options)
+        """The options of one call: base options, then the backend's, then the call's."""
+        return resolve_options(self.base_options, self.model_options, model_options)
 
     async def generate_from_context(
         self,

@@ -19,6 +19,7 @@ request's history); sequential awaited calls log nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -375,7 +376,9 @@ def start_session(
         model_id: the Ollama model; default ``MELLEA_ACTORS_MODEL`` or :data:`DEFAULT_MODEL`.
         ctx: the starting context (default ``SimpleContext()``); exclusive with ``context_type``.
         context_type: ``"simple"`` or ``"chat"``.
-        model_options: session defaults, overridden per call (validated now).
+        model_options: session defaults, overridden per call (validated now). The environment
+            variable ``MELLEA_ACTORS_OPTIONS`` (a JSON object, e.g. ``{"num_predict": 64}``)
+            gives defaults below these.
         base_url: the Ollama host; default ``OLLAMA_HOST``, else ``http://127.0.0.1:11434``, else
             (nothing configured and nothing answering there) the project's embedded local Ollama.
         check: ask the host for its models now, so that an unreachable host or an unknown model
@@ -414,13 +417,33 @@ def start_session(
     host = _resolve_host(base_url)
     system = ActorSystem(policy=restart_policy, max_in_flight=max_in_flight)
     try:
-        backend = OllamaBackend(model, base_url=host, system=system, model_options=model_options)
+        backend = OllamaBackend(
+            model,
+            base_url=host,
+            system=system,
+            model_options=model_options,
+            base_options=_options_from_env(),
+        )
         if check:
             _check_model(system, host, model)
     except BaseException:
         system.close()
         raise
     return MelleaSession(backend, ctx)
+
+
+def _options_from_env() -> dict[str, Any]:
+    """Session defaults from ``MELLEA_ACTORS_OPTIONS`` (a JSON object of raw Ollama options)."""
+    raw = os.environ.get("MELLEA_ACTORS_OPTIONS")
+    if not raw:
+        return {}
+    try:
+        options = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"MELLEA_ACTORS_OPTIONS is not valid JSON: {exc}") from exc
+    if not isinstance(options, dict):
+        raise InvalidInputError(f"MELLEA_ACTORS_OPTIONS must be a JSON object, got {raw!r}")
+    return options
 
 
 def _check_model(system: ActorSystem, host: str, model: str) -> None:
