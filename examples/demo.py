@@ -9,18 +9,24 @@ own local Ollama (provisioned from PyPI by `make run`).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 
 import mellea_actors
 from mellea_actors.backends import ModelOption
 from mellea_actors.helpers.async_helpers import wait_for_all_mots
+from mellea_actors.local.server import is_ollama_reachable
 
 TOPICS = ["mountains", "rivers", "forests"]
 OPTIONS = {ModelOption.MAX_NEW_TOKENS: 64, ModelOption.TEMPERATURE: 0.7}
 
 
 async def main() -> None:
+    host = os.environ.get("OLLAMA_HOST")
+    if host and not is_ollama_reachable(host):
+        print(f"OLLAMA_HOST={host} does not answer: using the project's local Ollama instead")
+        del os.environ["OLLAMA_HOST"]
     started = time.perf_counter()
     with mellea_actors.start_session(model_options=OPTIONS) as m:
         print(f"model {m.backend.model_id} at {m.backend.base_url}\n")
