@@ -171,6 +171,15 @@ class ModelOutputThunk(Generic[S]):
         return mot
 
     @property
+    def actor_ref(self) -> pykka.ActorRef[Any] | None:
+        """The pykka ref of this thunk's actor (None for a manual thunk).
+
+        It answers ``ReadNew``/``AwaitOutcome`` messages (``mellea_actors.runtime.messages``)
+        with ``ask(…, timeout=…)``; it stops once the generation has ended.
+        """
+        return self._ref
+
+    @property
     def request_id(self) -> str | None:
         """The id of this generation in the supervision log (None for a manual thunk)."""
         return None if self._cell is None else self._cell.request_id

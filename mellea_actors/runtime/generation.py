@@ -26,17 +26,26 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
-from mellea_actors.errors import BackendError
+from mellea_actors.errors import (
+    BackendError,
+    BackendUnavailableError,
+    CircuitOpenError,
+    MelleaActorsError,
+)
+from mellea_actors.runtime.breaker import BreakerPolicy, CircuitBreaker
 from mellea_actors.runtime.loop import ActorLoop, LoopActor
 from mellea_actors.runtime.messages import (
     CancelGeneration,
+    ChildCrashed,
     ChunkArrived,
+    Escalated,
     GenerationCancelled,
     GenerationFailed,
     GenerationFinished,
     GenerationMeta,
     GenerationRequest,
     GeneratorExited,
+    HostAnswered,
     RestartGenerator,
     StartGeneration,
 )
@@ -59,10 +68,11 @@ class _Generation:
     task: asyncio.Task[None] | None = None
     restart_timer: asyncio.TimerHandle | None = None
     cancel_reason: str | None = None
+    fail_with: BaseException | None = None
+    """When set, the cancel ends the thunk as failed with this error (a crash), not cancelled."""
     chunks: int = 0
     first_chunk_at: float | None = None
     started_at: float = field(default_factory=time.monotonic)
-    reports: list[float] = field(default_factory=list)
 
 
 class GenerationSupervisor(LoopActor):
@@ -77,17 +87,23 @@ class GenerationSupervisor(LoopActor):
         transport_for: Callable[[str], OllamaTransport],
         log: SupervisionLog,
         policy: RestartPolicy | None = None,
+        breaker_policy: BreakerPolicy | None = None,
         actor_id: str = "generation-supervisor",
         parent_id: str | None = None,
+        parent: pykka.ActorRef[Any] | None = None,
     ) -> None:
         super().__init__(actor_loop)
         self.transport_for = transport_for
         self.log = log
         self.policy = policy or RestartPolicy()
+        self.breaker_policy = breaker_policy or BreakerPolicy()
         self.actor_id = actor_id
         self.parent_id = parent_id
+        self.parent = parent
         self._intensity = RestartIntensity(self.policy)
         self._generations: dict[str, _Generation] = {}
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._probes: dict[str, asyncio.Task[None]] = {}
 
     def __str__(self) -> str:
         return self.actor_id
@@ -99,12 +115,24 @@ class GenerationSupervisor(LoopActor):
     def on_stop(self) -> None:
         for gen in list(self._generations.values()):
             self._cancel(gen, "supervisor stopped (session closed)")
+        self._stop_probes()
         self._emit("actor_stopped")
 
     def on_crash(self, exc_info: Any) -> None:
+        """Fail every generation it ran (their thunks get the error), report to the parent."""
         self._emit("actor_crashed", reason=repr(exc_info[1]))
+        error = MelleaActorsError(f"the generation supervisor crashed: {exc_info[1]!r}")
         for gen in list(self._generations.values()):
-            self._cancel(gen, f"supervisor crashed: {exc_info[1]!r}")
+            self._cancel(gen, f"supervisor crashed: {exc_info[1]!r}", fail_with=error)
+        self._stop_probes()
+        if self.parent is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.parent.tell(ChildCrashed(self.actor_id, self.kind, None, repr(exc_info[1])))
+
+    def _stop_probes(self) -> None:
+        for task in self._probes.values():
+            task.cancel()
+        self._probes.clear()
 
     def _emit(self, event: str, gen: _Generation | None = None, **fields: Any) -> None:
         self.log.emit(
@@ -120,6 +148,10 @@ class GenerationSupervisor(LoopActor):
         """Request ids of the generations under way (for introspection)."""
         return list(self._generations)
 
+    def breakers(self) -> dict[str, str]:
+        """The state of each host's circuit breaker (for introspection)."""
+        return {host: b.state.value for host, b in self._breakers.items()}
+
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, StartGeneration):
             return self._on_start_generation(message)
@@ -129,6 +161,10 @@ class GenerationSupervisor(LoopActor):
             return self._on_exited(message)
         if isinstance(message, RestartGenerator):
             return self._on_restart(message)
+        if isinstance(message, ChildCrashed):
+            return self._on_child_crashed(message)
+        if isinstance(message, HostAnswered):
+            return self._on_host_answered(message)
         raise TypeError(f"{self} does not understand {type(message).__name__}")
 
     # handlers --------------------------------------------------------------------------------
@@ -138,8 +174,18 @@ class GenerationSupervisor(LoopActor):
         self._generations[request.request_id] = gen
         self._launch(gen)
 
+    def _breaker(self, host: str) -> CircuitBreaker:
+        breaker = self._breakers.get(host)
+        if breaker is None:
+            breaker = self._breakers[host] = CircuitBreaker(host, self.breaker_policy)
+        return breaker
+
     def _launch(self, gen: _Generation) -> None:
         gen.restart_timer = None
+        breaker = self._breaker(gen.request.host)
+        if breaker.is_open:  # fail fast instead of waiting for a connect timeout
+            self._fail(gen, breaker.open_error(gen.request.model))
+            return
         self._emit(
             "generation_started",
             gen,
@@ -158,10 +204,13 @@ class GenerationSupervisor(LoopActor):
         self._cancel(gen, message.reason)
         return True
 
-    def _cancel(self, gen: _Generation, reason: str) -> None:
+    def _cancel(
+        self, gen: _Generation, reason: str, fail_with: BaseException | None = None
+    ) -> None:
         if gen.cancel_reason is not None:
             return
         gen.cancel_reason = reason
+        gen.fail_with = fail_with
         if gen.task is not None and not gen.task.done():
             gen.task.cancel(reason)
             return
@@ -169,8 +218,101 @@ class GenerationSupervisor(LoopActor):
         if gen.restart_timer is not None:
             gen.restart_timer.cancel()
         self._generations.pop(gen.request.request_id, None)
+        self._end_cancelled(gen)
+
+    def _end_cancelled(self, gen: _Generation) -> None:
+        """Tell the thunk its generation was cancelled (or failed, after a crash)."""
+        reason = gen.cancel_reason or "cancelled"
+        if gen.fail_with is not None:
+            self._emit(
+                "generation_failed",
+                gen,
+                reason=reason,
+                chunks=gen.chunks,
+                error_type=type(gen.fail_with).__name__,
+            )
+            self._tell_thunk(gen, GenerationFailed(gen.fail_with, self._meta(gen)))
+            return
         self._emit("generation_cancelled", gen, reason=reason, chunks=gen.chunks)
         self._tell_thunk(gen, GenerationCancelled(reason, self._meta(gen)))
+
+    def _fail(self, gen: _Generation, error: BaseException, why: str = "") -> None:
+        self._generations.pop(gen.request.request_id, None)
+        self._emit(
+            "generation_failed",
+            gen,
+            reason=f"{error} {why}".strip(),
+            error_type=type(error).__name__,
+            attempts=gen.attempt,
+            chunks=gen.chunks,
+        )
+        self._tell_thunk(gen, GenerationFailed(error, self._meta(gen)))
+
+    def _on_child_crashed(self, message: ChildCrashed) -> None:
+        """A thunk actor crashed: its output is gone, so its generation stops."""
+        self.log.emit(
+            "child_crashed",
+            actor=self.actor_id,
+            kind=self.kind,
+            parent=self.parent_id,
+            thunk=message.request_id,
+            reason=f"{message.kind} {message.child_id}: {message.reason}",
+        )
+        gen = self._generations.get(message.request_id or "")
+        if gen is not None:
+            self._cancel(gen, f"its thunk actor crashed: {message.reason}")
+
+    # circuit breaker ---------------------------------------------------------------------------
+    def _count_transport_result(self, gen: _Generation, error: BaseException | None) -> None:
+        breaker = self._breaker(gen.request.host)
+        if error is None:
+            if breaker.record_success():
+                self._emit_breaker("breaker_closed", breaker, "a generation got through")
+            return
+        connection_failure = isinstance(error, BackendUnavailableError) and not isinstance(
+            error, CircuitOpenError
+        )
+        if connection_failure and breaker.record_failure(error):
+            self._emit_breaker("breaker_opened", breaker, str(error))
+            self._start_probe(breaker)
+
+    def _emit_breaker(self, event: str, breaker: CircuitBreaker, reason: str) -> None:
+        self.log.emit(
+            event,
+            actor=f"breaker-{breaker.host}",
+            kind="circuit_breaker",
+            parent=self.actor_id,
+            reason=reason,
+            host=breaker.host,
+            failures=breaker.consecutive_failures,
+        )
+
+    def _start_probe(self, breaker: CircuitBreaker) -> None:
+        if breaker.host in self._probes:
+            return
+        self._probes[breaker.host] = self.actor_loop.loop.create_task(
+            self._probe(breaker.host, breaker), name=f"probe-{breaker.host}"
+        )
+
+    async def _probe(self, host: str, breaker: CircuitBreaker) -> None:
+        """Probe ``/api/version`` with growing delays until the host answers (loop thread)."""
+        transport = self.transport_for(host)
+        while True:
+            await asyncio.sleep(breaker.next_probe_delay())
+            try:
+                await transport.version(timeout=self.breaker_policy.probe_timeout)
+            except BackendError as exc:
+                self._emit_breaker("breaker_probe_failed", breaker, str(exc))
+                continue
+            with contextlib.suppress(pykka.ActorDeadError):
+                self.actor_ref.tell(HostAnswered(host))
+            return
+
+    def _on_host_answered(self, message: HostAnswered) -> None:
+        self._probes.pop(message.host, None)
+        breaker = self._breaker(message.host)
+        if breaker.record_success():
+            self._emit_breaker("breaker_closed", breaker, "/api/version answered")
 
     def _on_exited(self, message: GeneratorExited) -> None:
         gen = self._generations.get(message.request_id)
@@ -178,6 +320,8 @@ class GenerationSupervisor(LoopActor):
             return
         gen.task = None
         error = message.error
+        if not message.cancelled:
+            self._count_transport_result(gen, error)
         if error is None:  # completed or cancelled: the generator told the thunk already
             self._generations.pop(message.request_id, None)
             return
@@ -200,17 +344,11 @@ class GenerationSupervisor(LoopActor):
                 )
                 return
             self._emit("escalated", gen, reason=f"restart intensity exceeded: {error}")
-        self._generations.pop(message.request_id, None)
+            if self.parent is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    self.parent.tell(Escalated(self.actor_id, gen.request.request_id, str(error)))
         why = "after text was delivered (not retried)" if gen.chunks else ""
-        self._emit(
-            "generation_failed",
-            gen,
-            reason=f"{error} {why}".strip(),
-            error_type=type(error).__name__,
-            attempts=gen.attempt,
-            chunks=gen.chunks,
-        )
-        self._tell_thunk(gen, GenerationFailed(error, self._meta(gen)))
+        self._fail(gen, error, why)
 
     def _on_restart(self, message: RestartGenerator) -> None:
         gen = self._generations.get(message.request_id)
@@ -272,9 +410,7 @@ class GenerationSupervisor(LoopActor):
                         final = piece
         except asyncio.CancelledError:
             # Tell the thunk here, not via the supervisor: the supervisor may be stopping.
-            reason = gen.cancel_reason or "cancelled"
-            self._emit("generation_cancelled", gen, reason=reason, chunks=gen.chunks)
-            self._tell_thunk(gen, GenerationCancelled(reason, self._meta(gen)))
+            self._end_cancelled(gen)
             self._report(GeneratorExited(request.request_id, attempt, gen.chunks, cancelled=True))
             return
         except BaseException as exc:

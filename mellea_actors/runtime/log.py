@@ -122,31 +122,31 @@ class SupervisionLog:
         *,
         thunk: str | None = None,
         actor: str | None = None,
+        count: int = 1,
         timeout: float = 10.0,
     ) -> dict[str, Any]:
-        """Block until a matching record exists (already or later); return it.
+        """Block until ``count`` matching records exist (already or later); return the last one.
 
         Raises TimeoutError after ``timeout`` seconds. Blocking: from a coroutine, use
         ``await asyncio.to_thread(log.wait_for, …)``.
         """
 
-        def find() -> dict[str, Any] | None:
-            for r in self._records:
-                if (
-                    r["event"] == event
-                    and (thunk is None or r["thunk"] == thunk)
-                    and (actor is None or r["actor"] == actor)
-                ):
-                    return dict(r)
-            return None
+        def matches() -> list[dict[str, Any]]:
+            return [
+                r
+                for r in self._records
+                if r["event"] == event
+                and (thunk is None or r["thunk"] == thunk)
+                and (actor is None or r["actor"] == actor)
+            ]
 
         with self._changed:
-            found = find()
-            if found is None and self._changed.wait_for(lambda: find() is not None, timeout):
-                found = find()
-        if found is None:
-            raise TimeoutError(f"no {event!r} event (thunk={thunk}, actor={actor}) in {timeout} s")
-        return found
+            if not self._changed.wait_for(lambda: len(matches()) >= count, timeout):
+                raise TimeoutError(
+                    f"fewer than {count} {event!r} events (thunk={thunk}, actor={actor}) "
+                    f"after {timeout} s"
+                )
+            return dict(matches()[count - 1])
 
     def clear(self) -> None:
         with self._lock:

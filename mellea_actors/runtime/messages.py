@@ -28,13 +28,16 @@ __all__ = [
     "AwaitOutcome",
     "CancelGeneration",
     "ChatMessage",
+    "ChildCrashed",
     "ChunkArrived",
+    "Escalated",
     "GenerationCancelled",
     "GenerationFailed",
     "GenerationFinished",
     "GenerationMeta",
     "GenerationRequest",
     "GeneratorExited",
+    "HostAnswered",
     "ReadNew",
     "ReaderGone",
     "RestartGenerator",
@@ -103,6 +106,33 @@ class GeneratorExited:
 class RestartGenerator:
     request_id: str
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class HostAnswered:
+    """The breaker's probe reached the host (``/api/version`` answered)."""
+
+    host: str
+
+
+# -- children → their supervisor ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ChildCrashed:
+    """A child actor crashed (it is already stopped); ``reason`` is the exception's repr."""
+
+    child_id: str
+    kind: str
+    request_id: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Escalated:
+    """A supervisor gave up restarting (intensity exceeded) and failed the request instead."""
+
+    supervisor_id: str
+    request_id: str
+    reason: str
 
 
 # -- generator → thunk ----------------------------------------------------------------------

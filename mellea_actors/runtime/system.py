@@ -2,10 +2,13 @@
 
 ::
 
-    ActorSystem  (id "system-…", the root of the tree)
-    └── GenerationSupervisor ("generation-supervisor")
-        ├── generator-<request id>   (asyncio task: streams from Ollama)
-        └── thunk-<request id>       (ThunkActor: owns that generation's output)
+    ActorSystem  (id "system-…")
+    └── RootSupervisor ("…/root"): restarts the generation supervisor if it crashes
+        └── GenerationSupervisor ("…/generation-supervisor"), one circuit breaker per host
+            ├── generator-<request id>   (asyncio task: streams from Ollama; restarted on
+            │                             transient failures before any chunk)
+            └── thunk-<request id>       (ThunkActor: owns that generation's output; its crash
+                                          is reported to the generation supervisor)
 
 Thread-safety: every public method may be called from any thread. The system's mutable state
 lives on its loop thread, except ``_thunks`` (a dict mutated by single operations, atomic in
@@ -31,10 +34,12 @@ from typing import Any
 import pykka
 
 from mellea_actors.errors import RuntimeClosedError
+from mellea_actors.runtime.breaker import BreakerPolicy
 from mellea_actors.runtime.generation import GenerationSupervisor
 from mellea_actors.runtime.log import SupervisionLog
 from mellea_actors.runtime.loop import ActorLoop
 from mellea_actors.runtime.messages import CancelGeneration, GenerationRequest, StartGeneration
+from mellea_actors.runtime.root import RootSupervisor
 from mellea_actors.runtime.supervision import RestartPolicy
 from mellea_actors.runtime.thunk import ThunkActor, ThunkCell
 from mellea_actors.transport.ollama import OllamaTransport
@@ -52,6 +57,7 @@ class ActorSystem:
         self,
         *,
         policy: RestartPolicy | None = None,
+        breaker_policy: BreakerPolicy | None = None,
         log: SupervisionLog | None = None,
         max_in_flight: int = 256,
         connect_timeout: float = 10.0,
@@ -65,17 +71,44 @@ class ActorSystem:
         self._request_ids = itertools.count(1)
         self._close_lock = threading.Lock()
         self._closed = False
+        self._failed: str | None = None
+        self._policy = policy
+        self._breaker_policy = breaker_policy
         self.loop = ActorLoop(name=f"mellea-actors-{self.id}").start()
         self.log.emit("system_started", actor=self.id, kind="system")
-        self.supervisor: pykka.ActorRef[GenerationSupervisor] = GenerationSupervisor.start(
+        self.root: pykka.ActorRef[RootSupervisor] = RootSupervisor.start(
+            self.loop,
+            actor_id=self.root_id,
+            log=self.log,
+            start_child=self._start_generation_supervisor,
+            on_child_restarted=self._set_supervisor,
+            on_gave_up=self._give_up,
+        )
+        self.supervisor: pykka.ActorRef[GenerationSupervisor] = self._start_generation_supervisor(
+            self.root
+        )
+        self.root.proxy().adopt(self.supervisor).get(timeout=10)
+        _live_systems.add(self)
+
+    def _start_generation_supervisor(
+        self, parent: pykka.ActorRef[Any]
+    ) -> pykka.ActorRef[GenerationSupervisor]:
+        return GenerationSupervisor.start(
             self.loop,
             transport_for=self._transport_for,
             log=self.log,
-            policy=policy,
-            actor_id=f"{self.id}/generation-supervisor",
-            parent_id=self.id,
+            policy=self._policy,
+            breaker_policy=self._breaker_policy,
+            actor_id=self.supervisor_id,
+            parent_id=self.root_id,
+            parent=parent,
         )
-        _live_systems.add(self)
+
+    def _set_supervisor(self, ref: pykka.ActorRef[Any]) -> None:
+        self.supervisor = ref  # atomic swap, read by submit() on any thread
+
+    def _give_up(self, reason: str) -> None:
+        self._failed = reason
 
     # -- used by the facade ----------------------------------------------------------------
     def new_request_id(self) -> str:
@@ -85,12 +118,20 @@ class ActorSystem:
         """Start a thunk actor and its generation; returns at once (thread-safe)."""
         if self._closed:
             raise RuntimeClosedError(f"{self.id} is closed; open a new session")
+        if self._failed is not None:
+            raise RuntimeClosedError(f"{self.id} gave up: {self._failed}; open a new session")
+        supervisor = self.supervisor
         cell = ThunkCell(request.request_id)
         ref = ThunkActor.start(
-            self.loop, cell, log=self.log, parent_id=self.supervisor_id, registry=self._thunks
+            self.loop,
+            cell,
+            log=self.log,
+            parent_id=self.supervisor_id,
+            registry=self._thunks,
+            supervisor=supervisor,
         )
         self._thunks[request.request_id] = (cell, ref)
-        self.supervisor.tell(StartGeneration(request, ref))
+        supervisor.tell(StartGeneration(request, ref))
         return cell, ref
 
     def cancel(self, request_id: str, reason: str = "cancelled by the user") -> None:
@@ -101,6 +142,10 @@ class ActorSystem:
     @property
     def supervisor_id(self) -> str:
         return f"{self.id}/generation-supervisor"
+
+    @property
+    def root_id(self) -> str:
+        return f"{self.id}/root"
 
     @property
     def closed(self) -> bool:
@@ -121,10 +166,17 @@ class ActorSystem:
             "kind": "system",
             "children": [
                 {
-                    "id": self.supervisor_id,
-                    "kind": "generation_supervisor",
-                    "alive": self.supervisor.is_alive(),
-                    "children": thunks,
+                    "id": self.root_id,
+                    "kind": "root_supervisor",
+                    "alive": self.root.is_alive(),
+                    "children": [
+                        {
+                            "id": self.supervisor_id,
+                            "kind": "generation_supervisor",
+                            "alive": self.supervisor.is_alive(),
+                            "children": thunks,
+                        }
+                    ],
                 }
             ],
         }
@@ -159,6 +211,8 @@ class ActorSystem:
         _live_systems.discard(self)
         if self.loop.in_loop_thread():
             raise RuntimeError("ActorSystem.close() called from its own loop thread")
+        with contextlib.suppress(Exception):
+            self.root.stop(timeout=timeout)
         with contextlib.suppress(Exception):
             self.supervisor.stop(timeout=timeout)
         with contextlib.suppress(Exception):

@@ -16,13 +16,17 @@ waits, is answered at once with :class:`SingleReaderError` naming the thunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from mellea_actors.errors import RuntimeClosedError, SingleReaderError
+import pykka
+
+from mellea_actors.errors import RuntimeClosedError, SingleReaderError, ThunkError
 from mellea_actors.runtime.loop import ActorLoop, LoopActor
 from mellea_actors.runtime.messages import (
     AwaitOutcome,
+    ChildCrashed,
     ChunkArrived,
     GenerationCancelled,
     GenerationFailed,
@@ -75,10 +79,12 @@ class ThunkActor(LoopActor):
         log: SupervisionLog,
         parent_id: str | None = None,
         registry: dict[str, Any] | None = None,
+        supervisor: pykka.ActorRef[Any] | None = None,
     ) -> None:
         super().__init__(actor_loop)
         self.cell = cell
         self._registry = registry
+        self._supervisor = supervisor
         self.log = log
         self.parent_id = parent_id
         self.actor_id = f"thunk-{cell.request_id}"
@@ -124,19 +130,38 @@ class ThunkActor(LoopActor):
         )
 
     def on_crash(self, exc_info: Any) -> None:
+        """Publish a failed outcome (readers get a clear error) and report to the supervisor."""
         if self._registry is not None:
             self._registry.pop(self.cell.request_id, None)
+        reason = repr(exc_info[1])
         self.log.emit(
             "actor_crashed",
             actor=self.actor_id,
             kind=self.kind,
             parent=self.parent_id,
             thunk=self.cell.request_id,
-            reason=repr(exc_info[1]),
+            reason=reason,
         )
-        err = RuntimeClosedError(f"{self} crashed: {exc_info[1]!r}")
+        err = ThunkError(f"{self} crashed: {reason}; the text received so far is kept")
+        err.__cause__ = exc_info[1]
+        if self.cell.outcome is None:
+            chunks = tuple(self.cell.chunks)
+            self.cell.status = ThunkStatus.FAILED
+            self.cell.outcome = ThunkOutcome(
+                status=ThunkStatus.FAILED,
+                chunks=chunks,
+                thinking="".join(self.cell.thinking),
+                meta=GenerationMeta(model="", completion_tokens=len(chunks)),
+                error=err,
+                text="".join(chunks),
+            )
         for fut in self._drain_waiters():
             fut.set_exception(err)
+        if self._supervisor is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._supervisor.tell(
+                    ChildCrashed(self.actor_id, self.kind, self.cell.request_id, reason)
+                )
 
     def _drain_waiters(self) -> list[asyncio.Future[Any]]:
         futures: list[asyncio.Future[Any]] = list(self._outcome_waiters)

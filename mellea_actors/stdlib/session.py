@@ -34,6 +34,7 @@ from mellea_actors.core.context import Context
 from mellea_actors.core.requirement import Requirement, ValidationResult, reqify
 from mellea_actors.core.thunk import ModelOutputThunk
 from mellea_actors.errors import BackendUnavailableError, InvalidInputError, ModelNotFoundError
+from mellea_actors.runtime.breaker import BreakerPolicy
 from mellea_actors.runtime.supervision import RestartPolicy
 from mellea_actors.runtime.system import ActorSystem
 from mellea_actors.stdlib.components import Instruction, Message, apply_user_variables
@@ -217,6 +218,19 @@ class MelleaSession:
         kwargs.setdefault("await_result", True)
         return self._run(self.ainstruct(description, **kwargs))
 
+    def submit(self, description: str, **kwargs: Any) -> ModelOutputThunk[Any]:
+        """Start an instruction from any thread and return its thunk at once (non-blocking).
+
+        The thunk is uncomputed; wait with ``thunk.wait(timeout)`` or iterate
+        ``thunk.iter_chunks(timeout)`` from the same or another plain thread. Requirements are
+        not allowed here (sampling would have to block); use :meth:`instruct` for those.
+        """
+        if kwargs.get("requirements"):
+            raise InvalidInputError("submit() takes no requirements; use instruct() for those")
+        kwargs.setdefault("model_options", None)
+        mot: ModelOutputThunk[Any] = self._run(self.ainstruct(description, **kwargs))
+        return mot
+
     # -- chat ------------------------------------------------------------------------------
     async def achat(
         self,
@@ -366,6 +380,7 @@ def start_session(
     base_url: str | None = None,
     check: bool = True,
     restart_policy: RestartPolicy | None = None,
+    breaker_policy: BreakerPolicy | None = None,
     max_in_flight: int = 256,
     **backend_kwargs: Any,
 ) -> MelleaSession:
@@ -384,6 +399,7 @@ def start_session(
         check: ask the host for its models now, so that an unreachable host or an unknown model
             fails here with an error naming it (a few ms on a local host).
         restart_policy: how the generation supervisor restarts failed generators.
+        breaker_policy: when a host's circuit breaker opens and how it probes the host.
         max_in_flight: requests open at once against the host (more wait for a slot).
 
     Raises:
@@ -415,7 +431,9 @@ def start_session(
         )
     model = model_id or os.environ.get("MELLEA_ACTORS_MODEL") or DEFAULT_MODEL
     host = _resolve_host(base_url)
-    system = ActorSystem(policy=restart_policy, max_in_flight=max_in_flight)
+    system = ActorSystem(
+        policy=restart_policy, breaker_policy=breaker_policy, max_in_flight=max_in_flight
+    )
     try:
         backend = OllamaBackend(
             model,
