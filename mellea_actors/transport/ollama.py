@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import ollama
@@ -48,6 +48,8 @@ from mellea_actors.runtime.messages import GenerationRequest
 __all__ = ["DEFAULT_HOST", "OllamaTransport", "StreamPiece", "map_error", "normalize_host"]
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
+
+T = TypeVar("T")
 
 
 def normalize_host(host: str | None) -> str:
@@ -211,32 +213,30 @@ class OllamaTransport:
                 model=request.model,
             )
 
-    async def list_models(self, timeout: float = 5.0) -> list[str]:
-        """Names of the models the host has (``/api/tags``)."""
-        client = self._ensure_client()
+    async def _bounded(self, call: Awaitable[T], timeout: float, what: str) -> T:
+        """Await a short request to the host, with a timeout and our errors."""
         try:
             async with asyncio.timeout(timeout):
-                listed = await client.list()
+                return await call
         except TimeoutError as exc:
             raise BackendUnavailableError(
-                f"Ollama at {self.host} did not list its models within {timeout} s", host=self.host
+                f"Ollama at {self.host} did not {what} within {timeout} s", host=self.host
             ) from exc
         except Exception as exc:
             raise map_error(exc, host=self.host, model=None) from exc
+
+    async def list_models(self, timeout: float = 5.0) -> list[str]:
+        """Names of the models the host has (``/api/tags``)."""
+        listed = await self._bounded(self._ensure_client().list(), timeout, "list its models")
         return [m.model for m in listed.models if m.model]
 
     async def version(self, timeout: float = 5.0) -> str:
         """The server's version (``/api/version``); BackendUnavailableError if unreachable."""
-        client = self._ensure_client()
+        http = self._ensure_client()._client
+        response = await self._bounded(http.get("/api/version"), timeout, "answer")
         try:
-            async with asyncio.timeout(timeout):
-                response = await client._client.get("/api/version")
-                response.raise_for_status()
-        except TimeoutError as exc:
-            raise BackendUnavailableError(
-                f"Ollama at {self.host} did not answer within {timeout} s", host=self.host
-            ) from exc
-        except Exception as exc:
+            response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
             raise map_error(exc, host=self.host, model=None) from exc
         data: dict[str, Any] = response.json()
         return str(data.get("version", ""))
