@@ -122,3 +122,19 @@ def test_a_crashed_generation_supervisor_is_restarted_by_the_root(
         m.system.log.wait_for("actor_restarted", timeout=5)
         assert m.system.supervisor is not old and m.system.supervisor.is_alive()
         assert m.submit("again").wait(timeout=10) == "Hello world."
+
+
+def test_a_failed_ask_is_answered_logged_and_leaves_the_actor_alive(
+    scripted: ScriptedOllama,
+) -> None:
+    import pykka
+
+    with start_session(model_id="scripted", base_url=scripted.base_url) as m:
+        supervisor = m.system.supervisor
+        with pytest.raises(TypeError, match="does not understand"):
+            supervisor.ask("garbage", timeout=5)
+        assert supervisor.is_alive()
+        failed = m.system.log.wait_for("ask_failed", timeout=5)
+        assert "TypeError" in str(failed["reason"])
+        assert m.submit("x").wait(timeout=10) == "Hello world."
+        assert isinstance(supervisor, pykka.ActorRef)

@@ -129,6 +129,10 @@ class GenerationSupervisor(LoopActor):
             with contextlib.suppress(pykka.ActorDeadError):
                 self.parent.tell(ChildCrashed(self.actor_id, self.kind, None, repr(exc_info[1])))
 
+    def on_ask_failure(self, message: Any, exc: BaseException) -> None:
+        """The asker got the error and the supervisor lives on; the log still says so."""
+        self._emit("ask_failed", reason=f"{type(message).__name__}: {exc!r}")
+
     def _stop_probes(self) -> None:
         for task in self._probes.values():
             task.cancel()

@@ -163,6 +163,17 @@ class ThunkActor(LoopActor):
                     ChildCrashed(self.actor_id, self.kind, self.cell.request_id, reason)
                 )
 
+    def on_ask_failure(self, message: Any, exc: BaseException) -> None:
+        """The asker got the error and the actor lives on; the log still says so."""
+        self.log.emit(
+            "ask_failed",
+            actor=self.actor_id,
+            kind=self.kind,
+            parent=self.parent_id,
+            thunk=self.cell.request_id,
+            reason=f"{type(message).__name__}: {exc!r}",
+        )
+
     def _drain_waiters(self) -> list[asyncio.Future[Any]]:
         futures: list[asyncio.Future[Any]] = list(self._outcome_waiters)
         self._outcome_waiters.clear()
