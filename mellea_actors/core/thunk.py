@@ -422,11 +422,15 @@ class ModelOutputThunk(Generic[S]):
         self._value_returned = True
         return text
 
-    def iter_chunks(self, timeout: float | None = None) -> Iterator[str]:
+    def iter_chunks(
+        self, timeout: float | None = None, *, cancel_reason: str = "the blocking reader left early"
+    ) -> Iterator[str]:
         """Block-iterate over the text as it arrives (this thunk's single reader).
 
-        ``timeout`` bounds each wait for new text (AskTimeoutError). Leaving the loop early
-        (``break``, an exception) cancels the generation.
+        ``timeout`` bounds each wait for new text: AskTimeoutError, and — unlike ``wait`` — the
+        generation is cancelled, since the reader left. Leaving the loop early (``break``, an
+        exception) requests the cancel with ``cancel_reason`` and returns at once: ``status``
+        may still read "streaming" for a moment; ``cancel_sync()`` waits for the end.
         """
         if self._cell is None:
             yield self._manual_value or ""
@@ -469,7 +473,7 @@ class ModelOutputThunk(Generic[S]):
             with self._reader_lock:
                 self._reading = False
             if not finished and self._system is not None and self._cell.outcome is None:
-                self._system.cancel(self._cell.request_id, "the blocking reader left early")
+                self._system.cancel(self._cell.request_id, cancel_reason)
 
     def cancel_sync(self, reason: str = "cancelled by the user", timeout: float = 10.0) -> None:
         """Blocking :meth:`cancel`, for plain threads."""

@@ -88,7 +88,7 @@ class SupervisionLog:
             self._changed.notify_all()
         level = logging.WARNING if event in _WARNING_EVENTS else logging.INFO
         if self._std.isEnabledFor(level):
-            log_fields = {k: v for k, v in record.items() if k != "event" and v is not None}
+            log_fields = {k: v for k, v in record.items() if k != "event"}
             if level == logging.WARNING:
                 self._logger.warning(event, **log_fields)
             else:
@@ -165,6 +165,7 @@ class _StructlogFormatter(logging.Formatter):
 
     def __init__(self, json: bool) -> None:
         super().__init__()
+        self._json = json
         renderer: Any
         if json:
             renderer = structlog.processors.JSONRenderer(sort_keys=False)
@@ -181,6 +182,8 @@ class _StructlogFormatter(logging.Formatter):
         if not isinstance(msg, dict):
             return super().format(record)
         event_dict: Any = dict(msg)
+        if not self._json:  # the console shows what is set; JSON keeps every key (null)
+            event_dict = {k: v for k, v in event_dict.items() if v is not None}
         for processor in self._chain:
             event_dict = processor(None, record.levelname.lower(), event_dict)
         return str(event_dict)

@@ -211,10 +211,10 @@ class ActorSystem:
         _live_systems.discard(self)
         if self.loop.in_loop_thread():
             raise RuntimeError("ActorSystem.close() called from its own loop thread")
+        with contextlib.suppress(Exception):  # children first, as in OTP
+            self.supervisor.stop(timeout=timeout)
         with contextlib.suppress(Exception):
             self.root.stop(timeout=timeout)
-        with contextlib.suppress(Exception):
-            self.supervisor.stop(timeout=timeout)
         with contextlib.suppress(Exception):
             self.loop.run_sync(self._drain(timeout), timeout=timeout + 1)
         self.log.emit("system_stopped", actor=self.id, kind="system")
