@@ -37,8 +37,13 @@ from mellea_actors.errors import RuntimeClosedError
 from mellea_actors.runtime.breaker import BreakerPolicy
 from mellea_actors.runtime.generation import GenerationSupervisor
 from mellea_actors.runtime.log import SupervisionLog
-from mellea_actors.runtime.loop import ActorLoop
-from mellea_actors.runtime.messages import CancelGeneration, GenerationRequest, StartGeneration
+from mellea_actors.runtime.loop import ActorLoop, ask_async
+from mellea_actors.runtime.messages import (
+    AwaitOutcome,
+    CancelGeneration,
+    GenerationRequest,
+    StartGeneration,
+)
 from mellea_actors.runtime.root import RootSupervisor
 from mellea_actors.runtime.supervision import RestartPolicy
 from mellea_actors.runtime.thunk import ThunkActor, ThunkCell
@@ -222,9 +227,12 @@ class ActorSystem:
 
     async def _drain(self, timeout: float) -> None:
         """On the loop: wait until every thunk published its outcome, then close HTTP clients."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self._thunks and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.005)
+        live = [ref for cell, ref in list(self._thunks.values()) if cell.outcome is None]
+        if live:  # their generations were cancelled with the supervisor: they end in ms
+            outcomes = [asyncio.ensure_future(ask_async(ref, AwaitOutcome())) for ref in live]
+            _, late = await asyncio.wait(outcomes, timeout=timeout)
+            for future in late:
+                future.cancel()
         for cell, ref in list(self._thunks.values()):
             if cell.outcome is None:
                 ref.stop(block=False)
