@@ -27,10 +27,13 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "AwaitOutcome",
     "CancelGeneration",
+    "CancelStream",
     "ChatMessage",
     "ChildCrashed",
     "ChunkArrived",
+    "ChunksFound",
     "Escalated",
+    "FinalVerdictArrived",
     "GenerationCancelled",
     "GenerationFailed",
     "GenerationFinished",
@@ -41,10 +44,16 @@ __all__ = [
     "ReadNew",
     "ReaderGone",
     "RestartGenerator",
+    "SourceEnded",
+    "SourceFailed",
     "StartGeneration",
+    "StopValidation",
     "StreamRead",
     "ThunkOutcome",
     "ThunkStatus",
+    "ValidateChunk",
+    "ValidateFinal",
+    "VerdictArrived",
 ]
 
 
@@ -242,3 +251,78 @@ class StreamRead:
     text: str
     cursor: int
     outcome: ThunkOutcome | None = None
+
+
+# -- streaming with per-chunk validation ---------------------------------------------------------
+#   StreamActor ──ValidateChunk / ValidateFinal / StopValidation──▶ ValidatorActor   (asks)
+#   stream reader task ──ChunksFound / SourceEnded / SourceFailed──▶ StreamActor
+#   (reply of a validator) ──VerdictArrived / FinalVerdictArrived──▶ StreamActor
+#   facade ──CancelStream──▶ StreamActor                (replied once the stream has ended)
+@dataclass(frozen=True, slots=True)
+class ValidateChunk:
+    """Ask a validator for its verdict on chunk ``index`` (validators answer in chunk order)."""
+
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ValidateFinal:
+    """Ask a validator for the final validation of the complete output (after every chunk)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StopValidation:
+    """Ask a validator to drop its pending work and stop; answered once it has stopped."""
+
+    reason: str = "the stream ended"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunksFound:
+    """New complete chunks of the generated text, in order.
+
+    Each span is ``(chunk, segment)``: ``segment`` is the source text from the end of the
+    previous chunk to the end of this one (the whitespace gap, then the chunk), so that joining
+    the segments of the delivered chunks gives the delivered text with its original spacing.
+    """
+
+    spans: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEnded:
+    """The generation ended naturally; ``text`` is the whole generated text (flush included)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceFailed:
+    """Reading the generation failed (backend error, chunker error, external cancel)."""
+
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictArrived:
+    """A validator's reply to :class:`ValidateChunk` (``reply`` is its completed future)."""
+
+    validator: int
+    index: int
+    reply: pykka.Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FinalVerdictArrived:
+    """A validator's reply to :class:`ValidateFinal` (``reply`` is its completed future)."""
+
+    validator: int
+    reply: pykka.Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelStream:
+    """Stop a stream (generation and validators); answered once the stream has ended."""
+
+    reason: str = "cancelled by the consumer"
