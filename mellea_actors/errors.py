@@ -17,6 +17,9 @@ backend keep the original exception (from the ``ollama`` client or ``httpx``) as
     ├── ThunkError
     │   ├── SingleReaderError (also RuntimeError)   a second reader while another one waits
     │   └── GenerationCancelledError          waiting for a value that a cancel made final
+    ├── ValidatorError                        a validator gave no verdict (streaming validation)
+    │   ├── ValidatorTimeoutError (also TimeoutError)   no verdict within validator_timeout
+    │   └── InvalidVerdictError (also InvalidInputError)  answered with a non-verdict
     ├── RuntimeClosedError (also RuntimeError)      the session / runtime was closed
     └── AskTimeoutError (also TimeoutError)         a blocking call passed its timeout
 
@@ -34,6 +37,7 @@ __all__ = [
     "CircuitOpenError",
     "GenerationCancelledError",
     "InvalidInputError",
+    "InvalidVerdictError",
     "MelleaActorsError",
     "ModelNotFoundError",
     "RuntimeClosedError",
@@ -41,6 +45,8 @@ __all__ = [
     "StreamDroppedError",
     "StreamTimeoutError",
     "ThunkError",
+    "ValidatorError",
+    "ValidatorTimeoutError",
 ]
 
 
@@ -123,11 +129,32 @@ class ThunkError(MelleaActorsError):
 
 
 class SingleReaderError(ThunkError, RuntimeError):
-    """A second reader called ``astream()`` while another reader was waiting on the same thunk."""
+    """A second reader of a single-reader stream: ``astream()`` of a thunk while another reader
+    waits on it, or a second iteration of ``events()``/``astream()`` of a streaming result."""
 
 
 class GenerationCancelledError(ThunkError):
     """A cancelled generation has no value to offer here (e.g. parsing structured output)."""
+
+
+class ValidatorError(MelleaActorsError):
+    """A validator gave no verdict: its check raised, answered with a non-verdict, or timed out.
+
+    Attributes:
+        validator: the validator actor's id.
+        chunk_index: the chunk being judged, or None for the final validation.
+    """
+
+    validator: str | None = None
+    chunk_index: int | None = None
+
+
+class ValidatorTimeoutError(ValidatorError, TimeoutError):
+    """A validator did not answer within its deadline (``validator_timeout``)."""
+
+
+class InvalidVerdictError(ValidatorError, InvalidInputError):
+    """A check answered with something that is not a verdict (also a ``ValueError``)."""
 
 
 class RuntimeClosedError(MelleaActorsError, RuntimeError):

@@ -6,6 +6,7 @@ Checked on the requests the scripted server recorded (real HTTP through the `oll
 from __future__ import annotations
 
 import pydantic
+import pytest
 
 from mellea_actors import MelleaSession, start_session
 from mellea_actors.backends import ModelOption
@@ -44,7 +45,11 @@ def test_model_options_map_to_ollama_and_calls_override_defaults(
     first, second = scripted.requests[-2:]
     assert first.options == {"num_predict": 10, "temperature": 0.5, "top_k": 3}
     assert second.options == {
-        "num_predict": 20, "temperature": 0.5, "top_k": 3, "seed": 42, "num_ctx": 2048,
+        "num_predict": 20,
+        "temperature": 0.5,
+        "top_k": 3,
+        "seed": 42,
+        "num_ctx": 2048,
         "stop": ["END"],
     }
     assert first.body["stream"] is True  # always streamed from Ollama, whatever STREAM says
@@ -62,8 +67,9 @@ def test_chat_context_sends_the_conversation_in_order(scripted: ScriptedOllama) 
     ]
 
 
-def test_simple_context_sends_no_history(scripted_session: MelleaSession,
-                                         scripted: ScriptedOllama) -> None:
+def test_simple_context_sends_no_history(
+    scripted_session: MelleaSession, scripted: ScriptedOllama
+) -> None:
     scripted_session.chat("one")
     scripted_session.chat("two")
     assert scripted.requests[-1].body["messages"] == [{"role": "user", "content": "two"}]
@@ -85,7 +91,19 @@ def test_format_sends_the_json_schema_and_parses(scripted: ScriptedOllama) -> No
 def test_requirements_are_rendered_into_the_instruction_prompt(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
-    scripted_session.instruct("Write a haiku.", requirements=["Use the word moon."],
-                              strategy=None)
+    scripted_session.instruct("Write a haiku.", requirements=["Use the word moon."], strategy=None)
     prompt = scripted.requests[-1].body["messages"][-1]["content"]
     assert "Write a haiku." in prompt and "Use the word moon." in prompt
+
+
+async def test_a_bad_action_is_refused_before_any_generation_starts(
+    scripted: ScriptedOllama, scripted_session: MelleaSession
+) -> None:
+    from mellea_actors.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError):
+        await scripted_session.backend.generate_from_context(object(), scripted_session.ctx)
+    with pytest.raises(InvalidInputError):
+        await scripted_session.backend.generate_from_context("a plain str", scripted_session.ctx)
+    assert scripted_session.system.live_thunks() == []
+    assert scripted.requests == []

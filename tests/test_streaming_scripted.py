@@ -933,3 +933,26 @@ async def test_session_closed_under_a_running_stream_never_hangs(
     with pytest.raises((RuntimeClosedError, GenerationCancelledError)):
         await result.acomplete(timeout=WAIT)
     assert not result.completed
+
+
+async def test_the_actor_tree_shows_the_stream_and_its_validators(
+    scripted: ScriptedOllama, scripted_session: MelleaSession
+) -> None:
+    scripted.enqueue(Script.from_text(long_text(200), delay=0.002))
+    result = await stream_with_chunking(
+        Instruction("x"),
+        scripted_session.backend,
+        scripted_session.ctx,
+        requirements=[Faulty("hang", at=0), Recording("fast")],
+    )
+    assert await asyncio.to_thread(Faulty.hanging.wait, WAIT)
+    tree = scripted_session.system.tree()
+    streams = [c for c in tree["children"] if c["kind"] == "stream"]
+    assert [s["id"] for s in streams] == [f"stream-{result.request_id}"]
+    assert sorted(v["id"] for v in streams[0]["children"]) == [
+        f"validator-{result.request_id}-0",
+        f"validator-{result.request_id}-1",
+    ]
+    await result.cancel()
+    assert not [c for c in scripted_session.system.tree()["children"] if c["kind"] == "stream"]
+    await assert_nothing_left(scripted_session)

@@ -123,6 +123,7 @@ class OllamaBackend(Backend):
                 )
             schema = format.model_json_schema()
         messages = await render_chat(action, ctx, options.system_prompt)
+        action_ctx = ctx.add(action)  # rejects a bad action before anything is submitted
         request = GenerationRequest(
             request_id=self.system.new_request_id(),
             host=self.base_url,
@@ -140,4 +141,4 @@ class OllamaBackend(Backend):
         )
         mot.action = action
         mot.context = ctx
-        return mot, ctx.add(action).add(mot)
+        return mot, action_ctx.add(mot)

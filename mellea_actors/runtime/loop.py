@@ -384,6 +384,14 @@ class LoopActor(pykka.Actor):
 
         task.add_done_callback(_done)
 
+    def stop_now(self) -> None:
+        """Stop at once, from a handler of this actor (loop thread): ``on_stop`` runs before this
+        returns, and every message still queued is answered with ``ActorDeadError``.
+
+        ``stop()`` / ``ActorRef.stop()`` instead queue the stop behind earlier messages.
+        """
+        self._stop()
+
     def _stop(self) -> None:
         if self.actor_stopped.is_set():
             return

@@ -62,8 +62,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import threading
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
@@ -168,23 +166,13 @@ class StreamSink(Protocol):
 
 
 # -- the registry of live stream and validator actors (introspection, tests) -------------------
-_registries: weakref.WeakKeyDictionary[ActorSystem, dict[str, str]] = weakref.WeakKeyDictionary()
-_registries_lock = threading.Lock()
-
-
 def _registry_for(system: ActorSystem) -> dict[str, str]:
-    with _registries_lock:
-        registry = _registries.get(system)
-        if registry is None:
-            registry = _registries[system] = {}
-        return registry
+    return system.stream_actors
 
 
 def live_stream_actors(system: ActorSystem) -> dict[str, str]:
     """The stream and validator actors of ``system`` that have not stopped: ``{id: kind}``."""
-    with _registries_lock:
-        registry = _registries.get(system)
-    return {} if registry is None else dict(registry)
+    return dict(system.stream_actors)
 
 
 class _Pending:
@@ -628,7 +616,7 @@ class StreamActor(LoopActor):
             # Unlisted before the consumer can observe the end: "ended" implies "no actor left".
             self._registry.pop(self.actor_id, None)
             self._publish(outcome)
-            self._stop()
+            self.stop_now()
 
     async def _stop_validator(self, ref: pykka.ActorRef[Any], message: StopValidation) -> None:
         with contextlib.suppress(Exception):
@@ -671,7 +659,7 @@ class StreamActor(LoopActor):
             with contextlib.suppress(Exception):
                 ref.stop(block=False)
         self._publish(StreamOutcome("error", False, f"stream aborted: {error}", error))
-        self._stop()
+        self.stop_now()
 
     async def _guard_life(self) -> None:
         """Lives as long as the stream; if the loop cancels it (shutdown), publish an error."""

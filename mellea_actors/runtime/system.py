@@ -73,6 +73,8 @@ class ActorSystem:
         self._connect_timeout = connect_timeout
         self._transports: dict[str, OllamaTransport] = {}  # loop thread only
         self._thunks: dict[str, tuple[ThunkCell, pykka.ActorRef[Any]]] = {}
+        self.stream_actors: dict[str, str] = {}
+        """Live stream and validator actors (``id -> kind``), kept by themselves while alive."""
         self._request_ids = itertools.count(1)
         self._close_lock = threading.Lock()
         self._closed = False
@@ -162,6 +164,16 @@ class ActorSystem:
 
     def tree(self) -> dict[str, Any]:
         """The live actor tree, as nested dicts (``id``, ``kind``, ``children``)."""
+        streams: dict[str, dict[str, Any]] = {}
+        for actor_id, kind in list(self.stream_actors.items()):
+            if kind == "stream":
+                streams.setdefault(actor_id, {"id": actor_id, "kind": kind, "children": []})
+        for actor_id, kind in list(self.stream_actors.items()):
+            if kind != "stream":  # validator-<request id>-<n> belongs to stream-<request id>
+                parent = "stream-" + actor_id.removeprefix("validator-").rsplit("-", 1)[0]
+                node = {"id": actor_id, "kind": kind, "children": []}
+                streams.setdefault(parent, {"id": parent, "kind": "stream", "children": []})
+                streams[parent]["children"].append(node)
         thunks: list[dict[str, Any]] = [
             {"id": f"thunk-{rid}", "kind": "thunk", "status": cell.status.value, "children": []}
             for rid, (cell, _) in list(self._thunks.items())
@@ -182,7 +194,8 @@ class ActorSystem:
                             "children": thunks,
                         }
                     ],
-                }
+                },
+                *streams.values(),
             ],
         }
 

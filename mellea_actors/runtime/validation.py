@@ -47,7 +47,12 @@ import asyncio
 from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from mellea_actors.errors import InvalidInputError, MelleaActorsError
+from mellea_actors.errors import (
+    InvalidInputError,
+    InvalidVerdictError,
+    ValidatorError,
+    ValidatorTimeoutError,
+)
 from mellea_actors.runtime.loop import ActorLoop, LoopActor
 from mellea_actors.runtime.messages import StopValidation, ValidateChunk, ValidateFinal
 
@@ -66,26 +71,6 @@ __all__ = [
 
 FaultPolicy = Literal["fail", "unknown"]
 FAULT_POLICIES: tuple[FaultPolicy, ...] = ("fail", "unknown")
-
-
-class ValidatorError(MelleaActorsError):
-    """A validator gave no verdict: its check raised, answered with a non-verdict, or timed out.
-
-    Attributes:
-        validator: the validator actor's id.
-        chunk_index: the chunk being judged, or None for the final validation.
-    """
-
-    validator: str | None = None
-    chunk_index: int | None = None
-
-
-class ValidatorTimeoutError(ValidatorError, TimeoutError):
-    """A validator did not answer within its deadline (``validator_timeout``)."""
-
-
-class InvalidVerdictError(ValidatorError, InvalidInputError):
-    """A check answered with something that is not a verdict (also a ``ValueError``)."""
 
 
 class ValidationCheck(Protocol):
@@ -251,7 +236,7 @@ class ValidatorActor(LoopActor):
                     "validator_stuck",
                     reason=f"its check ignored cancellation for {self.stop_timeout} s",
                 )
-        self._stop()  # runs on_stop now: stopped before this ask is answered
+        self.stop_now()  # runs on_stop now: stopped before this ask is answered
         return self.checked
 
     # the worker ------------------------------------------------------------------------------
