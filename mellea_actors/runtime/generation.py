@@ -75,6 +75,44 @@ class _Generation:
     started_at: float = field(default_factory=time.monotonic)
 
 
+class _ChunkBatch:
+    """Gathers the pieces received in one loop tick into one ``ChunkArrived`` (loop thread).
+
+    Several pieces often arrive in one network read; one message for all of them saves a mailbox
+    round per piece. ``flush()`` must run before the generator's final message to the thunk.
+    """
+
+    __slots__ = ("_at", "_loop", "_scheduled", "_texts", "_thinking", "_thunk")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, thunk: pykka.ActorRef[Any]) -> None:
+        self._loop = loop
+        self._thunk = thunk
+        self._texts: list[str] = []
+        self._thinking: list[str] = []
+        self._scheduled = False
+        self._at = 0.0
+
+    def add(self, content: str, thinking: str) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._at = time.monotonic()
+            self._loop.call_soon(self.flush)
+        if content:
+            self._texts.append(content)
+        if thinking:
+            self._thinking.append(thinking)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        if not self._texts and not self._thinking:
+            return
+        message = ChunkArrived(tuple(self._texts), "".join(self._thinking), self._at)
+        self._texts.clear()
+        self._thinking.clear()
+        with contextlib.suppress(pykka.ActorDeadError):  # a crashed thunk: reported elsewhere
+            self._thunk.tell(message)
+
+
 class GenerationSupervisor(LoopActor):
     """Runs generators against Ollama; see the module docstring."""
 
@@ -395,29 +433,26 @@ class GenerationSupervisor(LoopActor):
         stream, so a stall is always seen by the transport's stream timeout.
         """
         request = gen.request
-        thunk = gen.thunk
-        final = None
+        batch = _ChunkBatch(self.actor_loop.loop, gen.thunk)
+
+        def on_piece(content: str, thinking: str) -> None:
+            if gen.chunks == 0:
+                gen.first_chunk_at = time.monotonic()
+                self._emit("first_chunk", gen, latency=gen.first_chunk_at - gen.started_at)
+            gen.chunks += 1
+            batch.add(content, thinking)
+
         try:
             transport = self.transport_for(request.host)
-            stream = transport.stream_chat(request)
-            async with contextlib.aclosing(stream):
-                async for piece in stream:
-                    if piece.content or piece.thinking:
-                        if gen.chunks == 0:
-                            gen.first_chunk_at = piece.received_at
-                            self._emit(
-                                "first_chunk", gen, latency=piece.received_at - gen.started_at
-                            )
-                        gen.chunks += 1
-                        thunk.tell(ChunkArrived(piece.content, piece.thinking, piece.received_at))
-                    if piece.done:
-                        final = piece
+            final = await transport.stream_chat(request, on_piece)
         except asyncio.CancelledError:
+            batch.flush()
             # Tell the thunk here, not via the supervisor: the supervisor may be stopping.
             self._end_cancelled(gen)
             self._report(GeneratorExited(request.request_id, attempt, gen.chunks, cancelled=True))
             return
         except BaseException as exc:
+            batch.flush()
             error: BaseException = exc
             if not isinstance(exc, BackendError):
                 error = BackendError(
@@ -428,6 +463,7 @@ class GenerationSupervisor(LoopActor):
                 error.__cause__ = exc
             self._report(GeneratorExited(request.request_id, attempt, gen.chunks, error=error))
             return
+        batch.flush()
         meta = self._meta(gen, final)
         self._emit(
             "generation_completed",

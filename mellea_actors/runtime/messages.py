@@ -175,10 +175,12 @@ class GenerationMeta:
 
 @dataclass(frozen=True, slots=True)
 class ChunkArrived:
-    text: str
+    """The pieces of text the generator received in one loop tick (usually one), in order."""
+
+    texts: tuple[str, ...]
     thinking: str = ""
     at: float = 0.0
-    """``time.monotonic()`` when the generator received the chunk."""
+    """``time.monotonic()`` when the generator received the first of them."""
 
 
 @dataclass(frozen=True, slots=True)

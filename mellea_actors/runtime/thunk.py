@@ -198,9 +198,9 @@ class ThunkActor(LoopActor):
             cell.first_chunk_at = message.at or time.monotonic()
         if message.thinking:
             cell.thinking.append(message.thinking)
-        if not message.text:
+        if not message.texts:
             return
-        cell.chunks.append(message.text)
+        cell.chunks.extend(message.texts)
         pending = self._pending_read
         if pending is not None:
             self._pending_read = None

@@ -27,9 +27,7 @@ no chunk for ``stream_timeout`` seconds             :class:`StreamTimeoutError`
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncGenerator, Awaitable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -45,7 +43,7 @@ from mellea_actors.errors import (
 )
 from mellea_actors.runtime.messages import GenerationRequest
 
-__all__ = ["DEFAULT_HOST", "OllamaTransport", "StreamPiece", "map_error", "normalize_host"]
+__all__ = ["DEFAULT_HOST", "OllamaTransport", "PieceCallback", "map_error", "normalize_host"]
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 
@@ -61,18 +59,40 @@ def normalize_host(host: str | None) -> str:
     return str(_parse_host(host))
 
 
-@dataclass(frozen=True, slots=True)
-class StreamPiece:
-    """One streamed object of ``/api/chat``, reduced to what the runtime uses."""
+PieceCallback = Callable[[str, str], None]
+"""``on_piece(content, thinking)``: called synchronously, on the loop, for each piece with text."""
 
-    content: str
-    thinking: str
-    done: bool
-    done_reason: str | None = None
-    prompt_eval_count: int | None = None
-    eval_count: int | None = None
-    total_duration: int | None = None
-    received_at: float = 0.0
+
+class _Watchdog:
+    """Cancels a task when nothing was fed for ``timeout`` seconds (one timer, re-armed lazily).
+
+    Feeding costs one ``loop.time()``; the timer only re-arms when it fires early. Loop thread.
+    """
+
+    __slots__ = ("_handle", "_loop", "_task", "_timeout", "fired", "last")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self._timeout = timeout
+        self._task = asyncio.current_task()
+        self.fired = False
+        self.last = loop.time()
+        self._handle = loop.call_at(self.last + timeout, self._check)
+
+    def feed(self) -> None:
+        self.last = self._loop.time()
+
+    def _check(self) -> None:
+        deadline = self.last + self._timeout
+        if self._loop.time() < deadline:
+            self._handle = self._loop.call_at(deadline, self._check)
+            return
+        self.fired = True
+        if self._task is not None:
+            self._task.cancel("stream timeout")
+
+    def close(self) -> None:
+        self._handle.cancel()
 
 
 def map_error(exc: BaseException, *, host: str, model: str | None) -> BackendError:
@@ -145,73 +165,75 @@ class OllamaTransport:
                 timeout=httpx.Timeout(None, connect=self._connect_timeout),
                 limits=httpx.Limits(
                     max_connections=self._max_in_flight,
-                    max_keepalive_connections=min(self._max_in_flight, 64),
+                    # few idle connections: httpcore checks every idle one at each request start
+                    max_keepalive_connections=min(self._max_in_flight, 8),
                 ),
             )
             self._slots = asyncio.Semaphore(self._max_in_flight)
         return self._client
 
-    async def stream_chat(self, request: GenerationRequest) -> AsyncGenerator[StreamPiece, None]:
-        """Yield the pieces of one streamed chat; the last one has ``done=True``.
+    async def stream_chat(
+        self, request: GenerationRequest, on_piece: PieceCallback
+    ) -> ollama.ChatResponse:
+        """Stream one chat: ``on_piece`` gets every piece with text; returns the final chunk.
 
-        Raises a :class:`BackendError` subclass (see the module docstring). Close the iterator
-        (``contextlib.aclosing``) or cancel the task to close the connection.
+        ``on_piece`` runs synchronously on the loop, between two reads of the stream: it must not
+        block. Raises a :class:`BackendError` subclass (see the module docstring). Cancelling the
+        calling task closes the connection at once.
         """
         client = self._ensure_client()
         assert self._slots is not None
         loop = asyncio.get_running_loop()
         timeout = request.stream_timeout
-        saw_done = False
+        final: ollama.ChatResponse | None = None
         fmt = dict(request.format) if isinstance(request.format, Mapping) else request.format
         async with self._slots:
+            watchdog = None if timeout is None else _Watchdog(loop, timeout)
             try:
-                async with asyncio.timeout(timeout) as cm:
-                    stream = await client.chat(
-                        model=request.model,
-                        messages=[m.model_dump(exclude_none=True) for m in request.messages],
-                        options=dict(request.options) or None,
-                        format=fmt,
-                        think=request.think,
-                        keep_alive=request.keep_alive,
-                        stream=True,
-                    )
-                    try:
-                        async for part in stream:
-                            now = loop.time()
-                            if timeout is not None:
-                                cm.reschedule(now + timeout)
-                            message = part.message
-                            if part.done:
-                                saw_done = True
-                            yield StreamPiece(
-                                content=message.content or "",
-                                thinking=message.thinking or "",
-                                done=bool(part.done),
-                                done_reason=part.done_reason,
-                                prompt_eval_count=part.prompt_eval_count,
-                                eval_count=part.eval_count,
-                                total_duration=part.total_duration,
-                                received_at=time.monotonic(),
-                            )
-                    finally:
-                        await stream.aclose()  # type: ignore[attr-defined]
-            except TimeoutError as exc:
+                stream = await client.chat(
+                    model=request.model,
+                    messages=[m.model_dump(exclude_none=True) for m in request.messages],
+                    options=dict(request.options) or None,
+                    format=fmt,
+                    think=request.think,
+                    keep_alive=request.keep_alive,
+                    stream=True,
+                )
+                try:
+                    async for part in stream:
+                        if watchdog is not None:
+                            watchdog.feed()
+                        message = part.message
+                        if message.content or message.thinking:
+                            on_piece(message.content or "", message.thinking or "")
+                        if part.done:
+                            final = part
+                finally:
+                    await stream.aclose()  # type: ignore[attr-defined]
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if watchdog is None or not watchdog.fired or task is None or task.uncancel():
+                    raise  # a real cancel (or one more than ours): let it through
                 raise StreamTimeoutError(
                     f"no chunk from Ollama at {self.host} for {timeout} s "
                     f"(model {request.model!r}; ModelOption.STREAM_TIMEOUT)",
                     host=self.host,
                     model=request.model,
-                ) from exc
+                ) from None
             except BackendError:
                 raise
             except Exception as exc:
                 raise map_error(exc, host=self.host, model=request.model) from exc
-        if not saw_done:
+            finally:
+                if watchdog is not None:
+                    watchdog.close()
+        if final is None:
             raise StreamDroppedError(
                 f"the stream from Ollama at {self.host} ended without its final chunk",
                 host=self.host,
                 model=request.model,
             )
+        return final
 
     async def _bounded(self, call: Awaitable[T], timeout: float, what: str) -> T:
         """Await a short request to the host, with a timeout and our errors."""
