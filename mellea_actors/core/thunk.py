@@ -69,6 +69,11 @@ __all__ = ["GenerationMetadata", "ModelOutputThunk"]
 S = TypeVar("S")
 
 
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class GenerationMetadata:
     """What is known about a finished generation (``thunk.generation``)."""
 
@@ -348,24 +353,44 @@ class ModelOutputThunk(Generic[S]):
             outcome = await self._await_outcome()
         if outcome is not None:
             return StreamRead("".join(outcome.chunks[cursor:]), len(outcome.chunks), outcome)
-        chunks = cell.chunks
-        available = len(chunks)
-        if available > cursor:  # fast path: the append-only buffer already has new text
-            return StreamRead("".join(chunks[cursor:available]), available, None)
-        reader = id(self)
-        try:
-            read: StreamRead = await self._ref.ask(ReadNew(cursor, reader), block=False)
-        except asyncio.CancelledError:
-            self._tell(ReaderGone(reader))
-            raise
-        except (pykka.ActorDeadError, RuntimeClosedError):
-            if cell.outcome is None:
-                raise RuntimeClosedError(
-                    f"thunk {cell.request_id} was stopped before its generation ended"
-                ) from None
-            outcome = cell.outcome
+        if len(cell.chunks) <= cursor:
+            await self._wait_for_news(cursor)
+        outcome = cell.outcome
+        if outcome is not None:
             return StreamRead("".join(outcome.chunks[cursor:]), len(outcome.chunks), outcome)
-        return read
+        chunks = cell.chunks
+        available = len(chunks)  # append-only: a consistent prefix
+        return StreamRead("".join(chunks[cursor:available]), available, None)
+
+    async def _wait_for_news(self, cursor: int) -> None:
+        """Wait until the thunk has more than ``cursor`` chunks or its outcome (cancellable).
+
+        Registers a waker in the cell that the thunk actor calls once; one cross-thread hop.
+        """
+        cell = self._cell
+        assert cell is not None
+        loop = asyncio.get_running_loop()
+        news: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the reader's loop is gone: nobody to wake
+                loop.call_soon_threadsafe(_set_done, news)
+
+        with cell.lock:
+            if len(cell.chunks) > cursor or cell.outcome is not None:
+                return
+            if cell.waker is not None:
+                raise SingleReaderError(
+                    f"thunk {cell.request_id} already has a reader waiting in astream(); "
+                    "a thunk has a single reader"
+                )
+            cell.waker = wake
+        try:
+            await news
+        finally:
+            with cell.lock:
+                if cell.waker is wake:
+                    cell.waker = None
 
     def _tell(self, message: object) -> None:
         if self._ref is not None:

@@ -9,6 +9,11 @@ Ownership: the ThunkActor, on the loop thread, is the only writer of its :class:
 Readers on other threads only read it: ``cell.chunks`` is append-only (a reader may snapshot a
 prefix), ``cell.outcome`` goes from None to a frozen ThunkOutcome exactly once.
 
+Waking a reader: besides the ``ReadNew`` message (for anyone holding the ActorRef), the
+``ModelOutputThunk`` facade registers a *waker* in the cell (under ``cell.lock``) and awaits a
+future of its own loop; the actor calls the waker once after new text or the outcome was
+published. That is one cross-thread hop per wake-up instead of two (ask, then reply).
+
 Single reader: at most one ``ReadNew`` may be waiting at a time. A second one, while the first
 waits, is answered at once with :class:`SingleReaderError` naming the thunk.
 """
@@ -17,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -48,15 +55,33 @@ __all__ = ["ThunkActor", "ThunkCell"]
 class ThunkCell:
     """What a ThunkActor publishes for lock-free reads (single writer: the actor's loop thread)."""
 
-    __slots__ = ("chunks", "first_chunk_at", "outcome", "request_id", "status", "thinking")
+    __slots__ = (
+        "chunks",
+        "first_chunk_at",
+        "lock",
+        "outcome",
+        "request_id",
+        "status",
+        "thinking",
+        "waker",
+    )
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
+        self.lock = threading.Lock()  # guards ``waker`` only
+        self.waker: Callable[[], None] | None = None  # set by the one waiting reader
         self.chunks: list[str] = []  # append-only
         self.thinking: list[str] = []  # append-only
         self.status = ThunkStatus.PENDING
         self.outcome: ThunkOutcome | None = None  # set once
         self.first_chunk_at: float | None = None
+
+    def wake_reader(self) -> None:
+        """Called by the actor after publishing text or the outcome: wake the waiting reader."""
+        with self.lock:
+            waker, self.waker = self.waker, None
+        if waker is not None:
+            waker()
 
     def snapshot_text(self) -> str:
         """The text received so far (safe from any thread: a prefix of the final text)."""
@@ -116,9 +141,9 @@ class ThunkActor(LoopActor):
     def on_stop(self) -> None:
         if self._registry is not None:
             self._registry.pop(self.cell.request_id, None)
-        outcome = self.cell.outcome
-        if outcome is None:  # stopped before the end: nobody may wait forever
+        if self.cell.outcome is None:  # stopped before the end: nobody may wait forever
             err = RuntimeClosedError(f"{self} was stopped before its generation ended")
+            self._publish_failure(err)
             for fut in self._drain_waiters():
                 fut.set_exception(err)
         self.log.emit(
@@ -144,17 +169,7 @@ class ThunkActor(LoopActor):
         )
         err = ThunkError(f"{self} crashed: {reason}; the text received so far is kept")
         err.__cause__ = exc_info[1]
-        if self.cell.outcome is None:
-            chunks = tuple(self.cell.chunks)
-            self.cell.status = ThunkStatus.FAILED
-            self.cell.outcome = ThunkOutcome(
-                status=ThunkStatus.FAILED,
-                chunks=chunks,
-                thinking="".join(self.cell.thinking),
-                meta=GenerationMeta(model="", completion_tokens=len(chunks)),
-                error=err,
-                text="".join(chunks),
-            )
+        self._publish_failure(err)
         for fut in self._drain_waiters():
             fut.set_exception(err)
         if self._supervisor is not None:
@@ -162,6 +177,23 @@ class ThunkActor(LoopActor):
                 self._supervisor.tell(
                     ChildCrashed(self.actor_id, self.kind, self.cell.request_id, reason)
                 )
+
+    def _publish_failure(self, err: BaseException) -> None:
+        """End the thunk as failed with ``err`` (text so far kept) unless it already ended."""
+        cell = self.cell
+        if cell.outcome is not None:
+            return
+        chunks = tuple(cell.chunks)
+        cell.status = ThunkStatus.FAILED
+        cell.outcome = ThunkOutcome(
+            status=ThunkStatus.FAILED,
+            chunks=chunks,
+            thinking="".join(cell.thinking),
+            meta=GenerationMeta(model="", completion_tokens=len(chunks)),
+            error=err,
+            text="".join(chunks),
+        )
+        cell.wake_reader()
 
     def on_ask_failure(self, message: Any, exc: BaseException) -> None:
         """The asker got the error and the actor lives on; the log still says so."""
@@ -201,6 +233,7 @@ class ThunkActor(LoopActor):
         if not message.texts:
             return
         cell.chunks.extend(message.texts)
+        cell.wake_reader()
         pending = self._pending_read
         if pending is not None:
             self._pending_read = None
@@ -230,6 +263,7 @@ class ThunkActor(LoopActor):
         )
         cell.status = status
         cell.outcome = outcome  # publish: from now on readers need no message
+        cell.wake_reader()
         pending = self._pending_read
         self._pending_read = None
         if pending is not None and not pending[1].done():
