@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Iterator
 
 import pydantic
 import pytest
@@ -146,37 +147,41 @@ async def test_validate_query_transform(session: MelleaSession) -> None:
 
 
 # -- context --------------------------------------------------------------------------------------
-async def test_sequential_chat_logs_nothing_and_sees_the_first_turn(
-    ollama_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="mellea_actors")
+@pytest.fixture
+def chat_session(ollama_url: str) -> Iterator[MelleaSession]:
     with start_session(
         model_id=LOCAL_MODEL, base_url=ollama_url, ctx=ChatContext(), model_options=E2E_OPTIONS
     ) as m:
-        r1 = await m.achat("Hello. My name is Ada.")
-        r2 = await m.achat("Tell me more.")
-        assert isinstance(r1, Message) and r1.role == "assistant" and str(r1) == r1.content
-        assert str(r2)
-        assert STALE_CONTEXT_WARNING not in caplog.text
-        # the second request carried the first turn
-        history = m.ctx.as_list()
-        assert [type(x).__name__ for x in history] == [
-            "Message",
-            "ModelOutputThunk",
-            "Message",
-            "ModelOutputThunk",
-        ]
-        assert history[1].value == r1.content
+        yield m
+
+
+async def test_sequential_chat_logs_nothing_and_sees_the_first_turn(
+    chat_session: MelleaSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mellea_actors")
+    m = chat_session
+    r1 = await m.achat("Hello. My name is Ada.")
+    r2 = await m.achat("Tell me more.")
+    assert isinstance(r1, Message) and r1.role == "assistant" and str(r1) == r1.content
+    assert str(r2)
+    assert STALE_CONTEXT_WARNING not in caplog.text
+    # the second request carried the first turn
+    history = m.ctx.as_list()
+    assert [type(x).__name__ for x in history] == [
+        "Message",
+        "ModelOutputThunk",
+        "Message",
+        "ModelOutputThunk",
+    ]
+    assert history[1].value == r1.content
 
 
 async def test_concurrent_chat_logs_the_stale_context_warning(
-    ollama_url: str, caplog: pytest.LogCaptureFixture
+    chat_session: MelleaSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="mellea_actors")
-    with start_session(
-        model_id=LOCAL_MODEL, base_url=ollama_url, ctx=ChatContext(), model_options=E2E_OPTIONS
-    ) as m:
-        await asyncio.gather(m.achat("Hello."), m.achat("Hi there."))
+    m = chat_session
+    await asyncio.gather(m.achat("Hello."), m.achat("Hi there."))
     assert caplog.messages.count(STALE_CONTEXT_WARNING) == 1
 
 
@@ -190,18 +195,16 @@ async def test_simple_context_parallel_calls_log_nothing(
 
 
 async def test_lazy_thunk_in_chat_history_is_awaited(
-    ollama_url: str, caplog: pytest.LogCaptureFixture
+    chat_session: MelleaSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="mellea_actors")
-    with start_session(
-        model_id=LOCAL_MODEL, base_url=ollama_url, ctx=ChatContext(), model_options=E2E_OPTIONS
-    ) as m:
-        first = await m.ainstruct("Name a fruit.")
-        assert not first.is_computed()
-        second = await m.ainstruct("Name another one.")  # renders `first` into its history
-        assert first.is_computed()  # awaited, not an AssertionError
-        assert await second.avalue()
-        assert STALE_CONTEXT_WARNING in caplog.text  # it was issued while `first` ran
+    m = chat_session
+    first = await m.ainstruct("Name a fruit.")
+    assert not first.is_computed()
+    second = await m.ainstruct("Name another one.")  # renders `first` into its history
+    assert first.is_computed()  # awaited, not an AssertionError
+    assert await second.avalue()
+    assert STALE_CONTEXT_WARNING in caplog.text  # it was issued while `first` ran
 
 
 # -- sync use -------------------------------------------------------------------------------------
@@ -258,4 +261,3 @@ async def test_bad_option_in_a_call_names_it(session: MelleaSession) -> None:
     with pytest.raises(InvalidInputError, match="did you mean"):
         await session.ainstruct("x", model_options={"temprature": 0.1})
     assert len(session.system.log.events(event="generation_started")) == before
-

@@ -130,13 +130,7 @@ class ThunkActor(LoopActor):
 
     # lifecycle -------------------------------------------------------------------------------
     def on_start(self) -> None:
-        self.log.emit(
-            "actor_started",
-            actor=self.actor_id,
-            kind=self.kind,
-            parent=self.parent_id,
-            thunk=self.cell.request_id,
-        )
+        self._emit("actor_started")
 
     def on_stop(self) -> None:
         if self._registry is not None:
@@ -146,27 +140,14 @@ class ThunkActor(LoopActor):
             self._publish_failure(err)
             for fut in self._drain_waiters():
                 fut.set_exception(err)
-        self.log.emit(
-            "actor_stopped",
-            actor=self.actor_id,
-            kind=self.kind,
-            parent=self.parent_id,
-            thunk=self.cell.request_id,
-        )
+        self._emit("actor_stopped")
 
     def on_crash(self, exc_info: Any) -> None:
         """Publish a failed outcome (readers get a clear error) and report to the supervisor."""
         if self._registry is not None:
             self._registry.pop(self.cell.request_id, None)
         reason = repr(exc_info[1])
-        self.log.emit(
-            "actor_crashed",
-            actor=self.actor_id,
-            kind=self.kind,
-            parent=self.parent_id,
-            thunk=self.cell.request_id,
-            reason=reason,
-        )
+        self._emit("actor_crashed", reason=reason)
         err = ThunkError(f"{self} crashed: {reason}; the text received so far is kept")
         err.__cause__ = exc_info[1]
         self._publish_failure(err)
@@ -177,6 +158,16 @@ class ThunkActor(LoopActor):
                 self._supervisor.tell(
                     ChildCrashed(self.actor_id, self.kind, self.cell.request_id, reason)
                 )
+
+    def _emit(self, event: str, reason: str | None = None) -> None:
+        self.log.emit(
+            event,
+            actor=self.actor_id,
+            kind=self.kind,
+            parent=self.parent_id,
+            thunk=self.cell.request_id,
+            reason=reason,
+        )
 
     def _publish_failure(self, err: BaseException) -> None:
         """End the thunk as failed with ``err`` (text so far kept) unless it already ended."""
@@ -197,14 +188,7 @@ class ThunkActor(LoopActor):
 
     def on_ask_failure(self, message: Any, exc: BaseException) -> None:
         """The asker got the error and the actor lives on; the log still says so."""
-        self.log.emit(
-            "ask_failed",
-            actor=self.actor_id,
-            kind=self.kind,
-            parent=self.parent_id,
-            thunk=self.cell.request_id,
-            reason=f"{type(message).__name__}: {exc!r}",
-        )
+        self._emit("ask_failed", reason=f"{type(message).__name__}: {exc!r}")
 
     def _drain_waiters(self) -> list[asyncio.Future[Any]]:
         futures: list[asyncio.Future[Any]] = list(self._outcome_waiters)
