@@ -23,7 +23,7 @@ from mellea_actors.errors import (
 )
 from mellea_actors.helpers.async_helpers import wait_for_all_mots
 from mellea_actors.runtime.supervision import RestartPolicy
-from mellea_actors.testing import Script, ScriptedOllama
+from mellea_actors.testing import RequestRecord, Script, ScriptedOllama
 
 STREAM = {ModelOption.STREAM: True}
 TOKENS = [f"w{i} " for i in range(12)]
@@ -260,12 +260,13 @@ async def test_error_line_message_is_in_the_error(
 async def test_wait_for_all_mots_resolves_all_then_raises_the_failure(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
-    scripted.enqueue(
-        Script(tokens=TOKENS, delay=0.01),
-        Script(tokens=TOKENS, error_after=2, error_message="bad"),
-        Script(tokens=TOKENS, delay=0.02),
-    )
-    thunks = [await scripted_session.ainstruct(f"t{i}") for i in range(3)]
+    def by_prompt(record: RequestRecord) -> Script:  # concurrent requests may arrive in any order
+        if record.messages[-1]["content"] == "fails":
+            return Script(tokens=TOKENS, error_after=2, error_message="bad")
+        return Script(tokens=TOKENS, delay=0.01)
+
+    scripted.set_script(by_prompt)
+    thunks = [await scripted_session.ainstruct(p) for p in ("first", "fails", "third")]
     with pytest.raises(BackendResponseError, match="bad"):
         await wait_for_all_mots(thunks)
     assert thunks[0].is_computed() and thunks[2].is_computed()
