@@ -49,6 +49,27 @@ wait bounded by ``stop_timeout``), then publish the outcome exactly once (``sink
 the ``CancelStream`` asks, and stop. So when the consumer sees the end, no validation code runs,
 the HTTP stream is closed and no task of this stream is left.
 
+Retry from scratch (opt-in, ``max_retries > 0`` with a ``new_attempt`` factory). An attempt
+whose generation failed with a *transient* backend error (:func:`retryable`: a ``BackendError``
+whose ``transient`` is true — refused or dropped connection, HTTP 5xx), whether or not text was
+delivered, is retried while retries are left, exactly where it would otherwise have ended with
+that error: after every chunk found before the error was judged and, unless one got a "fail",
+delivered (so what attempt *k* delivers does not depend on timing, and a "fail" verdict, which is
+a verdict and not an error, always wins and is never retried). Retrying, in a task of this actor
+while it ignores every message but ``CancelStream``: wait for the reader, cancel the attempt's
+thunk (its generation is already over), stop its validators (their pending work is cancelled;
+each wait bounded by ``stop_timeout``), await ``new_attempt(k + 1)`` — a fresh
+:class:`StreamAttempt`: a new generation, new checks, a new segmenter — then, synchronously,
+install it (chunk indices restart at 0), log ``stream_retry`` (``thunk``: the new request id),
+call ``sink.retry(k + 1, reason)``, and start its validators and reader. If the factory raises,
+the run ends with that error. Replies of an abandoned attempt's validators are dropped (each
+ask is stamped with the attempt's epoch). The stream actor keeps its id (``stream-<first request
+id>``) and its validators keep theirs (``validator-<first request id>-<n>``; a restarted child
+keeps its name, as in OTP); log records carry the current attempt's request id as ``thunk``.
+Any other error — non-transient backend errors (an ``{"error": …}`` line, HTTP 4xx, a stream
+timeout, an open circuit breaker), chunker and validator errors, cancels — and the transient
+error that finds no retry left end the run as described above.
+
 Never hang: if the actor is stopped or crashes before it published, or the runtime loop shuts
 down under it (session closed), the outcome is published at once as an error
 (``RuntimeClosedError``), the generation cancelled and the validators told to stop.
@@ -62,12 +83,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import pykka
 
-from mellea_actors.errors import GenerationCancelledError, RuntimeClosedError
+from mellea_actors.errors import BackendError, GenerationCancelledError, RuntimeClosedError
 from mellea_actors.runtime.loop import ActorLoop, LoopActor, LoopFuture, ask_async
 from mellea_actors.runtime.messages import (
     CancelStream,
@@ -93,10 +115,12 @@ if TYPE_CHECKING:
 __all__ = [
     "Segmenter",
     "StreamActor",
+    "StreamAttempt",
     "StreamOutcome",
     "StreamSink",
     "TextSource",
     "live_stream_actors",
+    "retryable",
 ]
 
 OutcomeKind = Literal["completed", "failed", "error", "cancelled"]
@@ -162,7 +186,35 @@ class StreamSink(Protocol):
 
     def full_validation(self, passed: bool, results: list[Any]) -> None: ...
 
+    def retry(self, attempt: int, reason: str) -> None:
+        """Attempt ``attempt`` (2, 3, …) starts from scratch; what was published before belongs
+        to an abandoned attempt. Called only with retries enabled, never after ``finish``."""
+        ...
+
     def finish(self, outcome: StreamOutcome) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAttempt:
+    """What one attempt reads and judges with; a retry gets a fresh one from its factory.
+
+    ``source``: the attempt's generation (its thunk); ``segmenter``: a fresh chunker;
+    ``checks``: one fresh check per requirement, in requirement order.
+    """
+
+    source: TextSource
+    segmenter: Segmenter
+    checks: Sequence[ValidationCheck]
+
+
+def retryable(error: BaseException) -> bool:
+    """True if a stream that failed with ``error`` may be retried from scratch (opt-in): a
+    transient backend error (refused or dropped connection, HTTP 5xx)."""
+    return isinstance(error, BackendError) and bool(error.transient)
+
+
+def _one_line(error: BaseException) -> str:
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
 
 
 # -- the registry of live stream and validator actors (introspection, tests) -------------------
@@ -203,6 +255,10 @@ class StreamActor(LoopActor):
         validator_timeout: deadline of each check call (None: none).
         on_fault: the validators' fault policy.
         stop_timeout: bound of each wait while winding down.
+        max_retries: how many times a transient backend error may start the stream again from
+            scratch (0: never; see the module docstring).
+        new_attempt: the factory of a fresh attempt, ``await new_attempt(n)`` for attempt
+            ``n`` (2, 3, …); awaited on the actor loop. Required when ``max_retries > 0``.
     """
 
     kind = "stream"
@@ -219,8 +275,12 @@ class StreamActor(LoopActor):
         validator_timeout: float | None,
         on_fault: FaultPolicy = "fail",
         stop_timeout: float = 5.0,
+        max_retries: int = 0,
+        new_attempt: Callable[[int], Awaitable[StreamAttempt]] | None = None,
     ) -> None:
         super().__init__(actor_loop)
+        if max_retries and new_attempt is None:
+            raise ValueError("max_retries > 0 needs a new_attempt factory")
         self.system = system
         self.source = source
         self.segmenter = segmenter
@@ -229,11 +289,21 @@ class StreamActor(LoopActor):
         self.validator_timeout = validator_timeout
         self.on_fault: FaultPolicy = on_fault
         self.stop_timeout = stop_timeout
+        self.max_retries = max_retries
+        self.new_attempt = new_attempt
+        self.stream_id = source.request_id
+        """The first attempt's request id: names this actor and its validators for good."""
         self.request_id = source.request_id
-        self.actor_id = f"stream-{self.request_id}"
+        """The current attempt's request id (``thunk`` of the log records)."""
+        self.actor_id = f"stream-{self.stream_id}"
         self.parent_id = system.id
         self._registry = _registry_for(system)
         # loop thread only, from on_start on:
+        self._attempt = 1
+        self._epoch = 0  # bumped when an attempt is abandoned: stale validator replies drop
+        self._retries_left = max_retries
+        self._between = False  # an attempt was abandoned, the next one is not installed yet
+        self._retrying: asyncio.Task[None] | None = None
         self._validators: list[pykka.ActorRef[Any]] = []
         self._pending: dict[int, _Pending] = {}
         self._found = 0
@@ -270,32 +340,48 @@ class StreamActor(LoopActor):
 
     @property
     def delivered(self) -> int:
-        """Chunks delivered so far."""
+        """Chunks delivered so far (by the current attempt)."""
         return self._next
+
+    @property
+    def attempt(self) -> int:
+        """The current attempt's number (1, then 2, … after retries)."""
+        return self._attempt
 
     # lifecycle -------------------------------------------------------------------------------
     def on_start(self) -> None:
         loop = self.actor_loop.loop
         self._registry[self.actor_id] = self.kind
-        self._emit("actor_started", validators=len(self.checks), policy=self.on_fault)
+        self._emit(
+            "actor_started",
+            validators=len(self.checks),
+            policy=self.on_fault,
+            max_retries=self.max_retries,
+        )
         self._life = loop.create_future()
         self._guard = loop.create_task(self._guard_life(), name=f"{self.actor_id}-guard")
-        for i, check in enumerate(self.checks):
-            self._validators.append(
-                ValidatorActor.start(
-                    self.actor_loop,
-                    check,
-                    timeout=self.validator_timeout,
-                    on_fault=self.on_fault,
-                    log=self.system.log,
-                    actor_id=f"validator-{self.request_id}-{i}",
-                    parent_id=self.actor_id,
-                    thunk_id=self.request_id,
-                    registry=self._registry,
-                    stop_timeout=self.stop_timeout,
-                )
+        self._start_attempt()
+
+    def _start_attempt(self) -> None:
+        """Start the current attempt's validators and reader."""
+        self._validators = [
+            ValidatorActor.start(
+                self.actor_loop,
+                check,
+                timeout=self.validator_timeout,
+                on_fault=self.on_fault,
+                log=self.system.log,
+                actor_id=f"validator-{self.stream_id}-{i}",
+                parent_id=self.actor_id,
+                thunk_id=self.request_id,
+                registry=self._registry,
+                stop_timeout=self.stop_timeout,
             )
-        self._reader = loop.create_task(self._read(), name=f"{self.actor_id}-reader")
+            for i, check in enumerate(self.checks)
+        ]
+        self._reader = self.actor_loop.loop.create_task(
+            self._read(), name=f"{self.actor_id}-reader"
+        )
 
     def on_stop(self) -> None:
         self._registry.pop(self.actor_id, None)
@@ -364,10 +450,11 @@ class StreamActor(LoopActor):
 
     # handlers --------------------------------------------------------------------------------
     def _on_chunks(self, message: ChunksFound) -> None:
-        if self._ending or self._stop_at is not None:
+        if self._ending or self._between or self._stop_at is not None:
             return  # the generation is being stopped: later chunks are never judged
         validators = self._validators
         n = len(validators)
+        epoch = self._epoch
         for chunk, segment in message.spans:
             index = self._found
             self._found = index + 1
@@ -375,16 +462,20 @@ class StreamActor(LoopActor):
             request = ValidateChunk(index, chunk)
             for v, ref in enumerate(validators):
                 reply = cast(LoopFuture[Any], ref.ask(request, block=False))
-                reply.add_done_callback(functools.partial(self._verdict_reply, v, index))
+                reply.add_done_callback(functools.partial(self._verdict_reply, epoch, v, index))
         if n == 0:
             self._advance()
 
-    def _verdict_reply(self, validator: int, index: int, reply: LoopFuture[Any]) -> None:
-        # Runs where the reply is set: on the loop thread. Hand it to the mailbox.
-        self._tell_self(VerdictArrived(validator, index, reply))
+    def _verdict_reply(
+        self, epoch: int, validator: int, index: int, reply: LoopFuture[Any]
+    ) -> None:
+        # Runs where the reply is set: on the loop thread. Hand it to the mailbox, unless it
+        # belongs to an abandoned attempt.
+        if epoch == self._epoch:
+            self._tell_self(VerdictArrived(validator, index, reply))
 
     def _on_verdict(self, message: VerdictArrived) -> None:
-        if self._ending:
+        if self._ending or self._between:
             return
         pending = self._pending.get(message.index)
         if pending is None:
@@ -488,6 +579,9 @@ class StreamActor(LoopActor):
         elif self._source_state == _FAILED:
             error = self._source_error
             assert error is not None
+            if self._retries_left > 0 and retryable(error):
+                self._retry(error)
+                return
             self._end("error", reason=f"the stream failed: {error}", error=error)
 
     def _finish_stop(self, index: int) -> None:
@@ -511,12 +605,14 @@ class StreamActor(LoopActor):
         self.sink.quick_check(index, False, results)
 
     def _on_source_ended(self, message: SourceEnded) -> None:
+        if self._ending or self._between:
+            return
         self._source_state = _ENDED
         self._source_text = message.text
         self._advance()
 
     def _on_source_failed(self, message: SourceFailed) -> None:
-        if self._ending:
+        if self._ending or self._between:
             return
         self._source_state = _FAILED
         self._source_error = message.error
@@ -534,15 +630,17 @@ class StreamActor(LoopActor):
         self._finals = [None] * len(validators)
         self._finals_left = len(validators)
         request = ValidateFinal()
+        epoch = self._epoch
         for v, ref in enumerate(validators):
             reply = cast(LoopFuture[Any], ref.ask(request, block=False))
-            reply.add_done_callback(functools.partial(self._final_reply, v))
+            reply.add_done_callback(functools.partial(self._final_reply, epoch, v))
 
-    def _final_reply(self, validator: int, reply: LoopFuture[Any]) -> None:
-        self._tell_self(FinalVerdictArrived(validator, reply))
+    def _final_reply(self, epoch: int, validator: int, reply: LoopFuture[Any]) -> None:
+        if epoch == self._epoch:
+            self._tell_self(FinalVerdictArrived(validator, reply))
 
     def _on_final(self, message: FinalVerdictArrived) -> None:
-        if self._ending:
+        if self._ending or self._between:
             return
         v = message.validator
         try:
@@ -578,6 +676,72 @@ class StreamActor(LoopActor):
         self._end("cancelled", reason=message.reason)
         return fut
 
+    # retry from scratch ----------------------------------------------------------------------
+    def _retry(self, error: BaseException) -> None:
+        """Abandon the current attempt (its generation failed transiently); start the next one
+        in a task. Every message but ``CancelStream`` is ignored until it is installed."""
+        self._between = True
+        self._epoch += 1
+        self._retries_left -= 1
+        self._generation_stopped = True
+        self._retrying = self.actor_loop.loop.create_task(
+            self._next_attempt(error), name=f"{self.actor_id}-retry"
+        )
+
+    async def _next_attempt(self, error: BaseException) -> None:
+        attempt = self._attempt + 1
+        reason = _one_line(error)
+        abandoned = f"attempt {self._attempt} abandoned (retrying): {reason}"
+        reader = self._reader
+        if reader is not None and not reader.done():
+            await asyncio.wait({reader}, timeout=self.stop_timeout)
+        with contextlib.suppress(Exception):
+            await self.source.cancel(abandoned, timeout=self.stop_timeout)
+        if self._validators:
+            stop = StopValidation(abandoned)
+            await asyncio.gather(*(self._stop_validator(ref, stop) for ref in self._validators))
+        factory = self.new_attempt
+        assert factory is not None
+        try:
+            new = await factory(attempt)
+        except Exception as exc:
+            self._between = False
+            self._end(
+                "error",
+                reason=f"could not start attempt {attempt} after {reason}: {exc!r}",
+                error=exc,
+            )
+            return
+        # From here on, synchronous: nothing can interleave before the attempt runs.
+        if self._ending:  # defensive: the task is cancelled by any ending
+            with contextlib.suppress(Exception):
+                if new.source.request_id is not None:
+                    self.system.cancel(new.source.request_id, "the stream ended meanwhile")
+            return
+        previous = self.request_id
+        self.source = new.source
+        self.segmenter = new.segmenter
+        self.checks = list(new.checks)
+        self.request_id = new.source.request_id
+        self._attempt = attempt
+        self._pending = {}
+        self._found = 0
+        self._next = 0
+        self._source_state = _READING
+        self._source_text = ""
+        self._source_error = None
+        self._generation_stopped = False
+        self._emit(
+            "stream_retry",
+            reason=reason,
+            attempt=attempt,
+            previous=previous,
+            retries_left=self._retries_left,
+        )
+        self.sink.retry(attempt, reason)
+        self._between = False
+        self._start_attempt()
+
     # ending ----------------------------------------------------------------------------------
     def _end(
         self,
@@ -593,6 +757,9 @@ class StreamActor(LoopActor):
         self._ending = True
         if not self._generation_stopped:
             self._stop_generation(reason)
+        retrying = self._retrying
+        if retrying is not None and retrying is not asyncio.current_task():
+            retrying.cancel()
         self._outcome = StreamOutcome(kind, success and kind == "completed", reason, error)
         if kind != "completed":
             self._emit("stream_stopping", reason=reason, outcome=kind)
@@ -604,6 +771,9 @@ class StreamActor(LoopActor):
         outcome = self._outcome
         assert outcome is not None
         try:
+            retrying = self._retrying  # cancelled by _end; let it unwind first
+            if retrying is not None and not retrying.done():
+                await asyncio.wait({retrying}, timeout=self.stop_timeout)
             reader = self._reader
             if reader is not None and not reader.done():
                 await asyncio.wait({reader}, timeout=self.stop_timeout)
@@ -635,6 +805,7 @@ class StreamActor(LoopActor):
             reason=outcome.reason,
             delivered=self._next,
             found=self._found,
+            attempts=self._attempt,
             error_type=None if outcome.error is None else type(outcome.error).__name__,
         )
         try:
@@ -652,7 +823,7 @@ class StreamActor(LoopActor):
         if self._source_state != _ENDED and self.request_id is not None:
             with contextlib.suppress(Exception):
                 self.system.cancel(self.request_id, f"stream aborted: {error}")
-        for task in (self._reader, self._wind):
+        for task in (self._reader, self._wind, self._retrying):
             if task is not None and not task.done():
                 task.cancel()
         for ref in self._validators:

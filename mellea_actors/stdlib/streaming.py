@@ -49,10 +49,44 @@ Semantics, precisely
   ``ChunkEvent``; natural end: ``StreamingDoneEvent``, ``FullValidationEvent`` (only with
   requirements), ``CompletedEvent(success=…)``; a fail: ``QuickCheckEvent(passed=False)``,
   ``CompletedEvent(success=False)``; an error: ``ErrorEvent``, ``CompletedEvent(success=False)``;
-  a cancel by the consumer: ``CompletedEvent(success=False)``. ``CompletedEvent`` is always last.
+  a cancel by the consumer: ``CompletedEvent(success=False)``; a retry (opt-in, below): the
+  abandoned attempt's events, ``RetryEvent``, then the new attempt's events from chunk 0.
+  ``CompletedEvent`` is always last.
 * **Consumer cancel.** :meth:`StreamChunkingResult.cancel` and leaving ``async with result:``
   before the end cancel the generation and the validators and wait (bounded) until both stopped.
   Leaving ``astream()``/``events()`` early does *not* cancel (they are independent views).
+* **Retry from scratch** (opt-in: ``max_retries=n``; default 0, a single attempt as in Mellea).
+  Before any text arrives, the generation supervisor already restarts transient transport
+  failures, transparently. After text was delivered, a failure is never retried silently; with
+  ``max_retries=n > 0``, an attempt ``k`` whose generation fails with a *transient* backend error
+  (``isinstance(e, BackendError) and e.transient``: refused or dropped connection, HTTP 5xx),
+  whether or not text was delivered, while fewer than ``n`` retries were used, is retried exactly
+  where it would otherwise have ended with that error — after the chunks found before the error
+  were judged and delivered as above:
+
+  - the attempt is wound down: its generation is over, its validators are stopped (pending work
+    cancelled);
+  - ``RetryEvent(attempt=k+1, reason=<the error's type and message, one line>)`` is emitted: the
+    signal that every chunk delivered so far belongs to an abandoned attempt;
+  - attempt ``k+1`` starts from scratch: a new generation of the same action, context and model
+    options; new validators on fresh deep copies of the requirements *as they were when
+    ``stream_with_chunking`` was called* (copies taken then, before any request); a fresh chunker
+    (a new instance for an alias, a ``copy.deepcopy`` — also taken at the call — of a
+    :class:`ChunkingStrategy` instance); ``chunk_index`` from 0; every later event carries
+    ``attempt=k+1``; ``stream_retry`` is logged (the stream actor, ``thunk`` = the new request
+    id, the reason, the attempt). The new attempt starts at once (no backoff of its own; its
+    generation gets the supervisor's pre-chunk restarts and the host's circuit breaker like any
+    other). If it cannot be started (e.g. the session was closed), that error ends the run.
+
+  Never retried: a non-transient error (an ``{"error": …}`` line, HTTP 4xx, a stream timeout, an
+  open circuit breaker, a validator fault, a chunker error, the session closing) and a "fail"
+  verdict (a verdict, not an error). When the retries are exhausted, the last error ends the run
+  (``ErrorEvent``, ``CompletedEvent(success=False)``). ``full_text``, ``as_thunk``,
+  ``streaming_failures`` and ``final_validations`` describe the current (in the end: the final)
+  attempt only; ``CompletedEvent.attempts_used`` counts the attempts made; ``request_id`` stays
+  the first attempt's id and ``request_ids`` lists every attempt's. ``astream()`` is unchanged but
+  cannot tell attempts apart: with retries enabled, its consumer may get the text of an abandoned
+  attempt, then the new attempt's chunks; ``events()`` is the view that tells (``RetryEvent``).
 
 Threads and loops: the result may be consumed from any event loop on any thread (typically the
 caller's ``asyncio.run`` loop, while the runtime runs on its own loop thread). The runtime is the
@@ -93,7 +127,12 @@ from mellea_actors.errors import (
 )
 from mellea_actors.runtime.loop import ask_async
 from mellea_actors.runtime.messages import CancelStream
-from mellea_actors.runtime.streaming import StreamActor, StreamOutcome, live_stream_actors
+from mellea_actors.runtime.streaming import (
+    StreamActor,
+    StreamAttempt,
+    StreamOutcome,
+    live_stream_actors,
+)
 from mellea_actors.runtime.system import ActorSystem
 from mellea_actors.runtime.validation import (
     FAULT_POLICIES,
@@ -163,8 +202,8 @@ class ChunkEvent(StreamEvent):
 
     Args:
         text: the chunk.
-        chunk_index: its 0-based position in the stream.
-        attempt: the attempt number (always 1).
+        chunk_index: its 0-based position in the attempt's output.
+        attempt: the attempt number (1; 2, 3, … after retries, see :class:`RetryEvent`).
     """
 
     text: str
@@ -178,7 +217,7 @@ class QuickCheckEvent(StreamEvent):
 
     Args:
         chunk_index: the chunk judged.
-        attempt: the attempt number (always 1).
+        attempt: the attempt number.
         passed: True if no requirement answered "fail".
         results: one ``PartialValidationResult`` per requirement, in requirement order (on a
             fail, requirements that had not answered yet are reported "unknown").
@@ -195,8 +234,8 @@ class StreamingDoneEvent(StreamEvent):
     """The stream ended naturally and every chunk (flushed ones too) was delivered.
 
     Args:
-        attempt: the attempt number (always 1).
-        full_text: the whole generated text.
+        attempt: the attempt number.
+        full_text: the whole generated text (of this attempt).
     """
 
     attempt: int
@@ -208,7 +247,7 @@ class FullValidationEvent(StreamEvent):
     """The final ``validate()`` calls finished (only emitted with requirements).
 
     Args:
-        attempt: the attempt number (always 1).
+        attempt: the attempt number.
         passed: True if every final validation passed.
         results: one ``ValidationResult`` per requirement, in requirement order.
     """
@@ -220,11 +259,15 @@ class FullValidationEvent(StreamEvent):
 
 @dataclass(frozen=True, slots=True)
 class RetryEvent(StreamEvent):
-    """Reserved (as in Mellea 0.7.0): ``stream_with_chunking`` makes a single attempt.
+    """The previous attempt was abandoned and attempt ``attempt`` starts from scratch.
+
+    Only with ``stream_with_chunking(..., max_retries=n)``, ``n > 0``, after a transient backend
+    error (see the module docstring). Every chunk delivered before it belongs to the abandoned
+    attempt; every later event carries ``attempt`` and chunk indices restart at 0.
 
     Args:
-        attempt: the attempt about to start.
-        reason: why.
+        attempt: the attempt about to start (2, 3, …).
+        reason: the error that ended the previous attempt, on one line (its type and message).
     """
 
     attempt: int
@@ -238,8 +281,8 @@ class CompletedEvent(StreamEvent):
     Args:
         success: ``result.completed``: natural end, no "fail", no error, every final
             validation passed.
-        full_text: ``result.full_text``.
-        attempts_used: always 1.
+        full_text: ``result.full_text`` (of the final attempt).
+        attempts_used: the attempts made (1 + the retries).
     """
 
     success: bool
@@ -494,13 +537,14 @@ class _ResultSink:
         self._result = result
 
     def quick_check(self, index: int, passed: bool, verdicts: list[Any]) -> None:
-        self._result._events.put(QuickCheckEvent(index, 1, passed, verdicts))
+        r = self._result
+        r._events.put(QuickCheckEvent(index, r._attempt, passed, verdicts))
 
     def chunk(self, index: int, text: str, segment: str) -> None:
         r = self._result
         r._segments.append(segment)
         r._chunks.put(text)
-        r._events.put(ChunkEvent(text, index, 1))
+        r._events.put(ChunkEvent(text, index, r._attempt))
 
     def failure(self, validator: int, verdict: Any) -> None:
         r = self._result
@@ -509,12 +553,29 @@ class _ResultSink:
     def streaming_done(self, text: str) -> None:
         r = self._result
         r._natural_text = text
-        r._events.put(StreamingDoneEvent(1, text))
+        r._events.put(StreamingDoneEvent(r._attempt, text))
 
     def full_validation(self, passed: bool, results: list[Any]) -> None:
         r = self._result
         r._final = list(results)
-        r._events.put(FullValidationEvent(1, passed, list(results)))
+        r._events.put(FullValidationEvent(r._attempt, passed, list(results)))
+
+    def retry(self, attempt: int, reason: str) -> None:
+        r = self._result
+        staged, r._staged = r._staged, None
+        assert staged is not None and staged[0] == attempt
+        _, mot, ctx, copies = staged
+        r._mot = mot
+        r._ctx = ctx
+        r._requirements = copies
+        r._attempt = attempt
+        r._segments = []  # a new list: full_text's cache is keyed by the list
+        r._natural_text = None
+        r._failures = []
+        r._final = []
+        with r._lock:
+            r._request_ids.append(mot.request_id)
+        r._events.put(RetryEvent(attempt, reason))
 
     def finish(self, outcome: StreamOutcome) -> None:
         r = self._result
@@ -523,7 +584,7 @@ class _ResultSink:
         r._completed = outcome.kind == "completed" and outcome.success
         if outcome.error is not None:
             r._events.put(ErrorEvent(type(outcome.error).__name__, str(outcome.error)))
-        r._events.put(CompletedEvent(r._completed, r.full_text, 1))
+        r._events.put(CompletedEvent(r._completed, r.full_text, r._attempt))
         r._events.close()
         r._chunks.close()
         r._done.set()
@@ -543,18 +604,23 @@ class StreamChunkingResult:
         ctx: Context,
         requirements: list[Requirement],
     ) -> None:
-        self._mot = mot
-        self._ctx = ctx
-        self._requirements = requirements  # the validators' copies
+        self._mot = mot  # the current attempt's generation
+        self._ctx = ctx  # the current attempt's context (after the generation)
+        self._requirements = requirements  # the current validators' copies
+        self._request_id = mot.request_id  # the first attempt's
+        self._request_ids: list[str | None] = [mot.request_id]
+        self._attempt = 1
+        # the next attempt's (attempt, mot, ctx, copies), staged by its factory until installed:
+        self._staged: tuple[int, ModelOutputThunk[Any], Context, list[Requirement]] | None = None
         self._events: _Channel[StreamEvent] = _Channel()
         self._chunks: _Channel[str] = _Channel()
         self._done = _Signal()
         self._lock = threading.Lock()
         self._events_taken = False
         self._chunks_taken = False
-        self._segments: list[str] = []  # delivered segments, append-only
+        self._segments: list[str] = []  # the attempt's delivered segments, append-only
         self._natural_text: str | None = None
-        self._full_cache: tuple[int, str] | None = None
+        self._full_cache: tuple[list[str], int, str] | None = None
         self._failures: list[tuple[Requirement, PartialValidationResult]] = []
         self._final: list[ValidationResult] = []
         self._completed = False
@@ -590,6 +656,10 @@ class StreamChunkingResult:
         so :meth:`acomplete` does not raise it again. A "fail" verdict or a cancel is no error:
         the iteration just ends. Single consumer: a second call raises
         :class:`SingleReaderError` at once.
+
+        With ``max_retries > 0`` the chunks of every attempt come through here, in order, with
+        nothing in between: the text of an abandoned attempt may be followed by the chunks of
+        the next one. Use :meth:`events` (its :class:`RetryEvent`) to tell them apart.
         """
         with self._lock:
             if self._chunks_taken:
@@ -665,8 +735,20 @@ class StreamChunkingResult:
     # -- state ---------------------------------------------------------------------------------
     @property
     def request_id(self) -> str | None:
-        """The generation's id in the supervision log."""
-        return self._mot.request_id
+        """The (first) generation's id in the supervision log; the stream actor is
+        ``stream-<request_id>``. See :attr:`request_ids` for every attempt's."""
+        return self._request_id
+
+    @property
+    def request_ids(self) -> list[str | None]:
+        """The generation id of every attempt started so far, in order (one without retries)."""
+        with self._lock:
+            return list(self._request_ids)
+
+    @property
+    def attempt(self) -> int:
+        """The current attempt's number (the final one's once the run is over)."""
+        return self._attempt
 
     def done(self) -> bool:
         """True once the run is over (``CompletedEvent`` published)."""
@@ -696,7 +778,8 @@ class StreamChunkingResult:
         After a natural end (every chunk delivered): the whole generated text, including any
         whitespace after the last chunk. Otherwise (fail, error, cancel, or still running): the
         generated text from its start up to the end of the last delivered chunk — never a join
-        of the chunks, so the separators the chunker dropped are kept.
+        of the chunks, so the separators the chunker dropped are kept. With retries, this is the
+        current attempt's text only (empty right after a :class:`RetryEvent`).
         """
         natural = self._natural_text
         if natural is not None:
@@ -704,27 +787,30 @@ class StreamChunkingResult:
         segments = self._segments
         n = len(segments)
         cache = self._full_cache
-        if cache is not None and cache[0] == n:
-            return cache[1]
+        if cache is not None and cache[0] is segments and cache[1] == n:
+            return cache[2]
         text = "".join(segments[:n])
-        self._full_cache = (n, text)
+        self._full_cache = (segments, n, text)
         return text
 
     @property
     def streaming_failures(self) -> list[tuple[Requirement, PartialValidationResult]]:
         """``(requirement, verdict)`` for the "fail" that stopped the stream (the validator's
-        copy of the requirement), or for a validator fault under the fail-closed policy."""
+        copy of the requirement), or for a validator fault under the fail-closed policy. With
+        retries: of the final attempt only."""
         return list(self._failures)
 
     @property
     def final_validations(self) -> list[ValidationResult]:
         """The final ``validate()`` results, in requirement order (empty unless the stream
-        ended naturally and every final validation returned)."""
+        ended naturally and every final validation returned). With retries: of the final
+        attempt's copies."""
         return list(self._final)
 
     @property
     def as_thunk(self) -> ModelOutputThunk[str]:
-        """A computed :class:`ModelOutputThunk` whose value is :attr:`full_text`.
+        """A computed :class:`ModelOutputThunk` whose value is :attr:`full_text` (the final
+        attempt's), with the action and the final attempt's context.
 
         Raises RuntimeError before the run is over (await :meth:`acomplete` first).
         """
@@ -760,6 +846,21 @@ def _copy_requirement(requirement: Requirement) -> Requirement:
         ) from exc
 
 
+def _chunker_factory(chunking: str | ChunkingStrategy) -> Callable[[], ChunkingStrategy]:
+    """Fresh chunkers for retries: a new instance per alias, or deep copies of a copy of the
+    user's instance taken now (before the first attempt can change it)."""
+    if not isinstance(chunking, ChunkingStrategy):
+        return lambda: resolve_chunking(chunking)
+    try:
+        template = copy.deepcopy(chunking)
+    except Exception as exc:
+        raise InvalidInputError(
+            f"chunking strategy {chunking!r} cannot be copied for retries (copy.deepcopy raised "
+            f"{exc!r}); give it a __deepcopy__, or use max_retries=0"
+        ) from exc
+    return lambda: copy.deepcopy(template)
+
+
 async def stream_with_chunking(
     action: Any,
     backend: Backend,
@@ -771,6 +872,7 @@ async def stream_with_chunking(
     validator_timeout: float | None = DEFAULT_VALIDATOR_TIMEOUT,
     validator_failure: Literal["fail", "unknown"] = "fail",
     model_options: dict[str, Any] | None = None,
+    max_retries: int = 0,
 ) -> StreamChunkingResult:
     """Start a streamed generation with per-chunk validation; return its result at once.
 
@@ -791,11 +893,18 @@ async def stream_with_chunking(
             (see the module docstring).
         model_options: extra model options for the generation (``ModelOption.STREAM`` is always
             True).
+        max_retries: opt-in "retry from scratch": how many times a generation that fails with
+            a transient backend error (refused or dropped connection, HTTP 5xx), even after
+            text was delivered, is started again from scratch, announced by a
+            :class:`RetryEvent` (see the module docstring). Default 0: never (a single attempt;
+            the error ends the run).
 
     Raises (before any request is sent):
         InvalidInputError: (a ``ValueError``) unknown chunking alias (named in the message), bad
-            policy or timeout, a requirement that is not a Requirement/str or cannot be
-            deep-copied, a backend without an actor system, bad model options.
+            policy, timeout or ``max_retries`` (an int >= 0), a requirement that is not a
+            Requirement/str or cannot be deep-copied (with retries: a chunking strategy
+            instance that cannot be deep-copied), a backend without an actor system, bad model
+            options.
     """
     strategy = resolve_chunking(chunking)
     if validator_failure not in FAULT_POLICIES:
@@ -812,6 +921,8 @@ async def stream_with_chunking(
             f"validator_timeout must be a positive number of seconds or None, "
             f"got {validator_timeout!r}"
         )
+    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+        raise InvalidInputError(f"max_retries must be an int >= 0, got {max_retries!r}")
     system = getattr(backend, "system", None)
     if not isinstance(system, ActorSystem):
         raise InvalidInputError(
@@ -820,7 +931,11 @@ async def stream_with_chunking(
         )
     if isinstance(requirements, str | Requirement):
         raise InvalidInputError("requirements must be a list of requirements, not a single one")
-    copies = [_copy_requirement(reqify(r)) for r in (requirements or ())]
+    wanted = [reqify(r) for r in (requirements or ())]
+    copies = [_copy_requirement(r) for r in wanted]
+    # With retries: the requirements and chunker as they are now, copied for later attempts.
+    templates = [_copy_requirement(r) for r in wanted] if max_retries else []
+    new_chunker = _chunker_factory(chunking) if max_retries else None
     if isinstance(action, str):
         action = CBlock(action)
     options = dict(model_options or {})
@@ -829,6 +944,22 @@ async def stream_with_chunking(
 
     mot, gen_ctx = await backend.generate_from_context(action, ctx, model_options=options)
     result = StreamChunkingResult(mot, gen_ctx, copies)
+
+    async def new_attempt(attempt: int) -> StreamAttempt:
+        """A fresh attempt (runs on the actor loop; the new generation is submitted last)."""
+        assert new_chunker is not None
+        fresh = [copy.deepcopy(t) for t in templates]
+        segmenter = _Segmenter(new_chunker())
+        new_mot, new_ctx = await backend.generate_from_context(
+            action, ctx, model_options=dict(options)
+        )
+        result._staged = (attempt, new_mot, new_ctx, fresh)
+        return StreamAttempt(
+            source=new_mot,
+            segmenter=segmenter,
+            checks=[_RequirementCheck(c, judge, new_ctx) for c in fresh],
+        )
+
     try:
         result._actor = StreamActor.start(
             system.loop,
@@ -839,6 +970,8 @@ async def stream_with_chunking(
             sink=result._sink,
             validator_timeout=validator_timeout,
             on_fault=validator_failure,
+            max_retries=max_retries,
+            new_attempt=new_attempt if max_retries else None,
         )
     except BaseException:
         await mot.cancel("stream_with_chunking could not start its stream actor")
