@@ -153,6 +153,11 @@ def _reset_recordings() -> Iterator[None]:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+async def start_stream(session: MelleaSession, **kwargs: Any) -> StreamChunkingResult:
+    """``stream_with_chunking`` of the instruction "x" on ``session``'s backend and context."""
+    return await stream_with_chunking(Instruction("x"), session.backend, session.ctx, **kwargs)
+
+
 async def collect(result: StreamChunkingResult) -> list[StreamEvent]:
     async with asyncio.timeout(WAIT):
         return [event async for event in result.events()]
@@ -287,10 +292,8 @@ async def test_word_chunks_across_token_boundaries(
     text = "  split across\ttokens,  one\ncharacter at a time  "
     scripted.enqueue(Script(tokens=list(text)))  # every token is one character
     req = Recording("w")
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[req],
         chunking="word",
     )
@@ -304,10 +307,8 @@ async def test_completed_is_false_until_the_end_and_after_a_failed_final_validat
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
     scripted.enqueue(Script.from_text(TEXT, delay=0.01))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Recording("ok"), FinalFails("final")],
     )
     states = []
@@ -333,10 +334,8 @@ async def test_fail_on_chunk_k_stops_generation_and_delivers_exactly_k_chunks(
     scripted.enqueue(Script.from_text(text, delay=0.002))
     req = Recording("limit", fail_at=k)
     other = Recording("other")
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[req, other],
     )
     events, chunks = await asyncio.gather(collect(result), drain(result))
@@ -382,10 +381,8 @@ async def test_no_chunk_after_the_failing_one_even_if_already_generated(
 ) -> None:
     # The whole text is generated at once; validation is slower than generation.
     scripted.enqueue(Script.from_text(long_text(200)))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Recording("slow-limit", fail_at=2, delay=0.02)],
     )
     events, chunks = await asyncio.gather(collect(result), drain(result))
@@ -405,10 +402,8 @@ async def test_fail_order_does_not_depend_on_which_validator_answers_first(
     # The fast validator fails chunk 3 long before the slow one has cleared chunks 0-2: the
     # generation stops at once, and chunks 0-2 are still delivered once the slow one cleared them.
     scripted.enqueue(Script.from_text(long_text(2000), delay=0.002))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Recording("slow", delay=0.2), Recording("fast", fail_at=3)],
     )
     events = await collect(result)
@@ -431,10 +426,8 @@ async def test_fail_on_the_flushed_chunk(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
     scripted.enqueue(Script.from_text("One. Two. Three without a period"))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Recording("r", fail_at=2)],
     )
     events = await collect(result)
@@ -452,10 +445,8 @@ async def test_fail_during_a_stalled_generation_still_disconnects(
 ) -> None:
     script = Script.from_text(long_text(20), stall_after=12)  # then silent until disconnected
     scripted.enqueue(script)
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Recording("r", fail_at=1)],
     )
     assert await drain(result) == ["Sentence number 0."]
@@ -469,10 +460,8 @@ async def test_leaving_async_with_early_cancels_generation_and_validators(
 ) -> None:
     scripted.enqueue(Script.from_text(long_text(2000), delay=0.002))
     got = []
-    async with await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    async with await start_stream(
+        scripted_session,
         requirements=[Recording("r")],
     ) as result:
         async with asyncio.timeout(WAIT):
@@ -499,10 +488,8 @@ async def test_cancel_stops_a_stream_whose_validator_is_busy(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
     scripted.enqueue(Script.from_text(long_text(2000), delay=0.002))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Faulty("hang", at=0)],
     )
     assert await asyncio.to_thread(Faulty.hanging.wait, WAIT)
@@ -522,10 +509,8 @@ async def test_slow_and_fast_validators_both_see_every_chunk_in_order(
 ) -> None:
     text = long_text(12)
     scripted.enqueue(Script.from_text(text))  # generated at once
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Recording("slow", delay=0.03), Recording("fast")],
     )
     chunks = await drain(result)
@@ -562,10 +547,8 @@ async def test_validators_run_in_parallel(
             return ValidationResult(True)
 
     scripted.enqueue(Script.from_text(long_text(3)))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Overlapping("a"), Overlapping("b"), Overlapping("c")],
     )
     await result.acomplete()
@@ -580,10 +563,8 @@ async def test_caller_requirement_untouched_and_concurrent_streams_independent(
     req = Recording("shared")
     before = dict(vars(req))
     results = [
-        await stream_with_chunking(
-            Instruction("x"),
-            scripted_session.backend,
-            scripted_session.ctx,
+        await start_stream(
+            scripted_session,
             requirements=[req],
         )
         for _ in range(2)
@@ -658,17 +639,13 @@ async def test_unknown_alias_raises_before_any_request(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
     with pytest.raises(ValueError, match="'sentences'"):
-        await stream_with_chunking(
-            Instruction("x"),
-            scripted_session.backend,
-            scripted_session.ctx,
+        await start_stream(
+            scripted_session,
             chunking="sentences",
         )
     with pytest.raises(InvalidInputError, match="validator_failure"):
-        await stream_with_chunking(
-            Instruction("x"),
-            scripted_session.backend,
-            scripted_session.ctx,
+        await start_stream(
+            scripted_session,
             validator_failure="ignore",  # type: ignore[arg-type]
         )
     with pytest.raises(InvalidInputError, match="validator_timeout"):
@@ -683,10 +660,8 @@ async def test_raising_validator_fails_closed_by_default(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
     scripted.enqueue(Script.from_text(long_text(2000), delay=0.002))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Recording("fine"), Faulty("raise", at=1)],
     )
     events = await collect(result)
@@ -718,10 +693,8 @@ async def test_raising_validator_counts_as_unknown_under_that_policy(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
     scripted.enqueue(Script.from_text(TEXT))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Faulty("raise", at=1)],
         validator_failure="unknown",
     )
@@ -741,10 +714,8 @@ async def test_invalid_verdict_is_a_value_error(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
     scripted.enqueue(Script.from_text(TEXT, delay=0.005))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Faulty("invalid", at=0)],
     )
     events = await collect(result)
@@ -759,10 +730,8 @@ async def test_invalid_verdict_under_unknown_policy(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
     scripted.enqueue(Script.from_text(TEXT))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Faulty("invalid", at=0)],
         validator_failure="unknown",
     )
@@ -776,10 +745,8 @@ async def test_validator_past_its_deadline(
     scripted: ScriptedOllama, scripted_session: MelleaSession, policy: str
 ) -> None:
     scripted.enqueue(Script.from_text(TEXT, delay=0.002))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Faulty("hang", at=2)],
         validator_timeout=0.2,
         validator_failure=policy,  # type: ignore[arg-type]
@@ -805,10 +772,8 @@ async def test_final_validation_that_raises_is_an_error(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
     scripted.enqueue(Script.from_text(TEXT))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Faulty("final-raise")],
     )
     events = await collect(result)
@@ -825,10 +790,8 @@ async def test_backend_error_mid_stream_keeps_the_delivered_text(
     text = "First one. Second one. Third one is cut"
     script = Script.from_text(text, error_after=6, error_message="model exploded")
     scripted.enqueue(script)
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Recording("r")],
     )
     events = await collect(result)
@@ -871,10 +834,8 @@ async def test_chunker_returning_a_non_verbatim_chunk_is_reported(
     # delivered before the chunker sees the text that makes it misbehave.
     script = Script.from_text(long_text(2000), delay=0.002, stall_after=2, stall_for=1.0)
     scripted.enqueue(script)
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Recording("r")],
         chunking=Shouting(),
     )
@@ -894,10 +855,8 @@ async def test_stopping_the_stream_actor_never_hangs_the_consumer(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
     scripted.enqueue(Script.from_text(long_text(2000), delay=0.002))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Recording("r")],
     )
     chunks = result.astream()
@@ -939,10 +898,8 @@ async def test_the_actor_tree_shows_the_stream_and_its_validators(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
     scripted.enqueue(Script.from_text(long_text(200), delay=0.002))
-    result = await stream_with_chunking(
-        Instruction("x"),
-        scripted_session.backend,
-        scripted_session.ctx,
+    result = await start_stream(
+        scripted_session,
         requirements=[Faulty("hang", at=0), Recording("fast")],
     )
     assert await asyncio.to_thread(Faulty.hanging.wait, WAIT)
