@@ -92,7 +92,7 @@ async def main() -> None:
             if isinstance(event, ChunkEvent):
                 print(f"  [{event.chunk_index}] {event.text}")
             elif isinstance(event, QuickCheckEvent) and not event.passed:
-                print(f"  stopped at sentence {event.chunk_index}: generation cancelled")
+                print(f"  sentence {event.chunk_index} failed: nothing from it on is shown")
             elif isinstance(event, CompletedEvent):
                 print(f"  completed={result.completed}, failures={len(result.streaming_failures)}")
         print()
