@@ -31,6 +31,16 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["MELLEA_ACTORS_NO_EMBEDDED"] = "1"
 
 
+def assert_spaced_like_source(full_text: str, chunks: list[str]) -> None:
+    """Each chunk occurs in order in full_text, separated by whitespace only."""
+    pos = 0
+    for chunk in chunks:
+        at = full_text.index(chunk, pos)
+        assert full_text[pos:at].strip() == "", (full_text[pos:at], chunk)
+        pos = at + len(chunk)
+    assert full_text[pos:].strip() == ""
+
+
 @pytest.fixture(scope="session")
 def local_ollama() -> Iterator[Any]:
     from mellea_actors.local.server import LocalOllama

@@ -53,6 +53,7 @@ from mellea_actors.stdlib.streaming import (
     stream_with_chunking,
 )
 from mellea_actors.testing import Script, ScriptedOllama
+from tests.conftest import assert_spaced_like_source
 
 WAIT = 10.0  # bound of every wait in these tests
 TEXT = "Alpha beta.  Gamma delta!\n\nEpsilon zeta? Eta (theta). Iota kappa.  "
@@ -204,16 +205,6 @@ async def assert_nothing_left(session: MelleaSession) -> None:
     assert await stream_tasks(system) == []  # (also a round trip through the runtime loop)
     assert live_stream_actors(system) == {}
     assert system.live_thunks() == []
-
-
-def assert_spaced_like_source(full_text: str, chunks: list[str]) -> None:
-    """Each chunk occurs in order in full_text, separated by whitespace only."""
-    pos = 0
-    for chunk in chunks:
-        at = full_text.index(chunk, pos)
-        assert full_text[pos:at].strip() == "", (full_text[pos:at], chunk)
-        pos = at + len(chunk)
-    assert full_text[pos:].strip() == ""
 
 
 def request_events(session: MelleaSession, result: StreamChunkingResult) -> list[dict[str, Any]]:
