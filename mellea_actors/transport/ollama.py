@@ -3,10 +3,10 @@
 One :class:`OllamaTransport` per Ollama host. It must be used from a single event loop (the
 runtime's actor loop): the underlying ``httpx.AsyncClient`` pool is bound to it.
 
-Cancellation: cancelling the task that iterates :meth:`OllamaTransport.stream_chat` closes the
+Cancellation: cancelling the task that awaits :meth:`OllamaTransport.stream_chat` closes the
 HTTP connection at once (httpx never returns a half-read response to its pool), even while Ollama
-is silent; Ollama stops generating when it sees the disconnect. A plain ``break`` is the same,
-because the iterator is always closed (``aclosing``) by the caller.
+is silent; Ollama stops generating when it sees the disconnect. The stream timeout is a watchdog
+that cancels the same way and is reported as :class:`StreamTimeoutError`.
 
 Errors (the original is kept as ``__cause__``):
 
