@@ -46,7 +46,7 @@ from urllib.parse import parse_qs, urlsplit
 import mellea_actors
 from mellea_actors import MelleaSession
 from mellea_actors.backends import ModelOption
-from mellea_actors.core.thunk import ModelOutputThunk
+from mellea_actors.core.model_output import ModelOutputThunk
 from mellea_actors.errors import InvalidInputError, MelleaActorsError
 from mellea_actors.runtime.log import configure_output
 

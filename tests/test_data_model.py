@@ -17,7 +17,7 @@ from mellea_actors.backends.model_options import (
 )
 from mellea_actors.core.backend import Backend
 from mellea_actors.core.cblock import CBlock, render_plain
-from mellea_actors.core.context import Context, ContextTurn
+from mellea_actors.core.context_chain import Context, ContextTurn
 from mellea_actors.core.requirement import (
     PartialValidationResult,
     Requirement,

@@ -145,7 +145,7 @@ async def assert_nothing_left(session: MelleaSession) -> None:
             if not t.done() and t.get_name().startswith(("stream-", "validator-"))
         ]
 
-    assert await asyncio.wrap_future(system.loop.submit(names())) == []
+    assert await asyncio.wrap_future(system.loop.run_coroutine(names())) == []
     assert live_stream_actors(system) == {}
     assert system.live_thunks() == []
 

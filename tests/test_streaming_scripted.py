@@ -197,7 +197,7 @@ async def stream_tasks(system: ActorSystem) -> list[str]:
             if not t.done() and t.get_name().startswith(("stream-", "validator-"))
         ]
 
-    return await asyncio.wrap_future(system.loop.submit(names()))
+    return await asyncio.wrap_future(system.loop.run_coroutine(names()))
 
 
 async def assert_nothing_left(session: MelleaSession) -> None:

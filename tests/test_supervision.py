@@ -15,7 +15,7 @@ from mellea_actors.errors import (
     ThunkError,
 )
 from mellea_actors.runtime.breaker import BreakerPolicy
-from mellea_actors.runtime.supervision import RestartPolicy
+from mellea_actors.runtime.restart_policy import RestartPolicy
 from mellea_actors.testing import Script, ScriptedOllama
 
 TOKENS = [f"w{i} " for i in range(10)]

@@ -22,7 +22,7 @@ from mellea_actors.errors import (
     StreamTimeoutError,
 )
 from mellea_actors.helpers.async_helpers import wait_for_all_mots
-from mellea_actors.runtime.supervision import RestartPolicy
+from mellea_actors.runtime.restart_policy import RestartPolicy
 from mellea_actors.testing import RequestRecord, Script, ScriptedOllama
 
 STREAM = {ModelOption.STREAM: True}

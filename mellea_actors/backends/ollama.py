@@ -21,13 +21,13 @@ import pydantic
 from mellea_actors.backends.model_options import ResolvedOptions, resolve_options
 from mellea_actors.core.backend import Backend
 from mellea_actors.core.cblock import CBlock, Component, render_plain
-from mellea_actors.core.context import Context
-from mellea_actors.core.thunk import ModelOutputThunk
+from mellea_actors.core.context_chain import Context
+from mellea_actors.core.message import Message
+from mellea_actors.core.model_output import ModelOutputThunk
 from mellea_actors.errors import InvalidInputError
 from mellea_actors.runtime.messages import ChatMessage, GenerationRequest
 from mellea_actors.runtime.system import ActorSystem
-from mellea_actors.stdlib.components import Message
-from mellea_actors.transport.ollama import normalize_host
+from mellea_actors.transport.ollama_http import normalize_host
 
 __all__ = ["OllamaBackend", "render_chat"]
 
@@ -135,7 +135,7 @@ class OllamaBackend(Backend):
             stream=options.stream,
             stream_timeout=options.stream_timeout,
         )
-        cell, ref = self.system.submit(request)
+        cell, ref = self.system.start_generation(request)
         mot = ModelOutputThunk._attach(
             self.system, cell, ref, stream=options.stream, parse=_parser_for(action, format)
         )

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pydantic
 
 if TYPE_CHECKING:
-    from mellea_actors.core.context import Context, ContextItem
-    from mellea_actors.core.thunk import ModelOutputThunk
+    from mellea_actors.core.context_chain import Context, ContextItem
+    from mellea_actors.core.model_output import ModelOutputThunk
 
 __all__ = ["Backend", "BaseModelSubclass"]
 

@@ -7,8 +7,8 @@ from mellea_actors.core.cblock import (
     TemplateRepresentation,
     blockify,
 )
-from mellea_actors.core.context import Context, ContextTurn
-from mellea_actors.core.thunk import GenerationMetadata, ModelOutputThunk
+from mellea_actors.core.context_chain import Context, ContextTurn
+from mellea_actors.core.model_output import GenerationMetadata, ModelOutputThunk
 
 __all__ = [
     "CBlock",

@@ -7,8 +7,9 @@
   of a plain string.
 - :func:`render_plain` turns any context item into the plain text a backend sends.
 
-A ``ModelOutputThunk`` (``mellea_actors.core.thunk``) is deliberately *not* a ``CBlock``; this
-module recognises one by duck typing (:func:`is_model_output_thunk`) to avoid an import cycle.
+A ``ModelOutputThunk`` (``mellea_actors.core.model_output``) is deliberately *not* a
+``CBlock``; this module recognises one by duck typing (:func:`is_model_output_thunk`) to avoid
+an import cycle.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkabl
 from mellea_actors.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from mellea_actors.core.thunk import ModelOutputThunk
+    from mellea_actors.core.model_output import ModelOutputThunk
 
 __all__ = [
     "CBlock",

@@ -19,14 +19,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from mellea_actors.core.cblock import CBlock, Component, render_plain
+from mellea_actors.core.context_chain import SimpleContext
+from mellea_actors.core.message import Message
 from mellea_actors.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import pydantic
 
     from mellea_actors.core.backend import Backend
-    from mellea_actors.core.context import Context
-    from mellea_actors.core.thunk import ModelOutputThunk
+    from mellea_actors.core.context_chain import Context
+    from mellea_actors.core.model_output import ModelOutputThunk
 
 __all__ = [
     "PartialValidationResult",
@@ -307,10 +309,6 @@ class Requirement(Component[str]):
                 f"{self!r} has no description for an LLM judge and no validation_fn"
             )
         output = await _last_output_text(ctx)
-
-        # Imported here: stdlib.components imports this module.
-        from mellea_actors.stdlib.components import Message
-        from mellea_actors.stdlib.context import SimpleContext
 
         prompt = _JUDGE_PROMPT.format(description=description, output=output)
         mot, judge_ctx = await backend.generate_from_context(

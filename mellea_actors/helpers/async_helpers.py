@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from mellea_actors.core.thunk import ModelOutputThunk
+from mellea_actors.core.model_output import ModelOutputThunk
 
 __all__ = ["wait_for_all_mots"]
 

@@ -21,8 +21,9 @@ Invariants (the whole engine relies on them):
 * A message that reaches a stopped actor is answered with ``pykka.ActorDeadError``, never dropped,
   so an ``ask`` racing ``stop()`` cannot hang.
 * Blocking on a pykka future from an ActorLoop thread raises instead of deadlocking. From an
-  event loop, ``await future`` never blocks: the reply is handed over with
-  ``call_soon_threadsafe``.
+  event loop, ``await future`` never blocks: the reply is handed over by a
+  :class:`~mellea_actors.runtime.crossing.Waker` (every thread crossing lives in
+  :mod:`mellea_actors.runtime.crossing`).
 
 LoopActors are *not* put in pykka's process-global ``ActorRegistry`` (its unregister is O(n), and
 its ``stop_all`` would reach into sessions); the runtime keeps its own registry.
@@ -40,15 +41,21 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import pykka
 from pykka import ActorDeadError
-from pykka._threading import ThreadingFuture
-from pykka.messages import _ActorStop
 
+from mellea_actors._compat import (
+    ActorStop,
+    Envelope,
+    ThreadingFuture,
+    future_condition,
+    future_has_get_hook,
+    future_is_set,
+    handle_receive,
+)
 from mellea_actors.errors import AskTimeoutError, RuntimeClosedError
+from mellea_actors.runtime.crossing import Waker, hop
 
 if TYPE_CHECKING:
     from types import TracebackType
-
-    from pykka._envelope import Envelope
 
     ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
@@ -114,7 +121,7 @@ class ActorLoop:
         self._closed = True
         if self._thread.is_alive():
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._loop.stop)
+                hop(self._loop, self._loop.stop)
             if threading.get_ident() != self._thread_id:
                 self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -143,14 +150,11 @@ class ActorLoop:
         if self._closed and not self.in_loop_thread():
             raise RuntimeClosedError(f"actor loop {self.name!r} is closed")
         try:
-            if self.in_loop_thread():
-                self._loop.call_soon(callback, *args)
-            else:
-                self._loop.call_soon_threadsafe(callback, *args)
+            hop(self._loop, callback, *args)
         except RuntimeError as exc:  # loop closed under our feet
             raise RuntimeClosedError(f"actor loop {self.name!r} is closed") from exc
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    def run_coroutine(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Run a coroutine on the loop; returns a concurrent future (thread-safe)."""
         if self._closed:
             coro.close()
@@ -170,7 +174,7 @@ class ActorLoop:
                 "a blocking call was made on the mellea_actors loop thread; "
                 "use the async method (await it) instead"
             )
-        future = self.submit(coro)
+        future = self.run_coroutine(coro)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError as exc:
@@ -182,12 +186,12 @@ class LoopFuture(ThreadingFuture[T]):
     """A pykka future that can also be awaited from any event loop without blocking it.
 
     ``get(timeout=…)`` blocks as pykka's does (from plain threads). ``await future`` registers a
-    callback that completes an asyncio future of the awaiting loop via ``call_soon_threadsafe``.
+    callback that wakes the awaiting coroutine through a :class:`Waker`.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._callbacks: list[Callable[[LoopFuture[T]], None]] = []  # guarded by _condition
+        self._callbacks: list[Callable[[LoopFuture[T]], None]] = []  # guarded by the condition
 
     def set(self, value: Any | None = None) -> None:
         super().set(value)
@@ -200,18 +204,18 @@ class LoopFuture(ThreadingFuture[T]):
         self._fire()
 
     def done(self) -> bool:
-        return self._result is not None or self._get_hook is not None
+        return future_is_set(self) or future_has_get_hook(self)
 
     def _fire(self) -> None:
-        with self._condition:
+        with future_condition(self):
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             callback(self)
 
     def add_done_callback(self, callback: Callable[[LoopFuture[T]], None]) -> None:
         """Call ``callback(self)`` once a value or exception is set (at once if it is)."""
-        with self._condition:
-            if self._result is None:
+        with future_condition(self):
+            if not future_is_set(self):
                 self._callbacks.append(callback)
                 return
         callback(self)
@@ -225,25 +229,13 @@ class LoopFuture(ThreadingFuture[T]):
         return super().get(timeout=timeout)
 
     def __await__(self) -> Generator[Any, None, T]:
-        if self._get_hook is not None:  # a converted future (e.g. from ActorRef.stop())
+        if future_has_get_hook(self):  # a converted future (e.g. from ActorRef.stop())
             return (yield from asyncio.to_thread(self.get).__await__())
-        if self._result is None:
-            loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[None] = loop.create_future()
-
-            def _wake(_: LoopFuture[T]) -> None:
-                # RuntimeError: the awaiting loop is gone; nobody to wake
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(_resolve, waiter)
-
-            self.add_done_callback(_wake)
-            yield from waiter.__await__()
+        if not future_is_set(self):
+            waker = Waker.for_running_loop()
+            self.add_done_callback(lambda _: waker.wake())
+            yield from waker.wait().__await__()
         return self.get(timeout=0)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 async def ask_async(ref: pykka.ActorRef[Any], message: Any, timeout: float | None = None) -> Any:
@@ -342,7 +334,7 @@ class LoopActor(pykka.Actor):
         reply_to = envelope.reply_to
         if self.actor_stopped.is_set():
             if reply_to is not None:
-                if isinstance(envelope.message, _ActorStop):
+                if isinstance(envelope.message, ActorStop):
                     reply_to.set(None)
                 else:
                     reply_to.set_exception(
@@ -350,7 +342,7 @@ class LoopActor(pykka.Actor):
                     )
             return
         try:
-            response = self._handle_receive(envelope.message)
+            response = handle_receive(self, envelope.message)
         except BaseException as exc:
             if reply_to is not None:
                 reply_to.set_exception()

@@ -17,12 +17,12 @@ Who sends what::
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import pykka
-from pydantic import BaseModel, ConfigDict, Field
+
+from mellea_actors.transport.chat_request import ChatMessage, GenerationRequest
 
 __all__ = [
     "AwaitOutcome",
@@ -55,36 +55,6 @@ __all__ = [
     "ValidateFinal",
     "VerdictArrived",
 ]
-
-
-# -- the request (validated once, at the edge) -------------------------------------------------
-class ChatMessage(BaseModel):
-    """One message of an Ollama ``/api/chat`` request."""
-
-    model_config = ConfigDict(frozen=True)
-
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str
-    images: tuple[str, ...] | None = None
-
-
-class GenerationRequest(BaseModel):
-    """Everything one generation needs; built by the facade, read by the runtime and transport."""
-
-    model_config = ConfigDict(frozen=True)
-
-    request_id: str
-    host: str
-    model: str
-    messages: tuple[ChatMessage, ...]
-    options: Mapping[str, Any] = Field(default_factory=dict)
-    format: Mapping[str, Any] | Literal["json"] | None = None
-    think: bool | Literal["low", "medium", "high"] | None = None
-    stream: bool = True
-    """The user's ``ModelOption.STREAM``; the transport always streams from Ollama."""
-    stream_timeout: float | None = 120.0
-    """Seconds without a chunk (time to first chunk included) before the stream fails."""
-    keep_alive: float | str | None = None
 
 
 # -- generator → supervisor -----------------------------------------------------------------

@@ -35,7 +35,7 @@ import pykka
 
 from mellea_actors.errors import RuntimeClosedError
 from mellea_actors.runtime.breaker import BreakerPolicy
-from mellea_actors.runtime.generation import GenerationSupervisor
+from mellea_actors.runtime.generation_supervisor import GenerationSupervisor
 from mellea_actors.runtime.log import SupervisionLog
 from mellea_actors.runtime.loop import ActorLoop, ask_async
 from mellea_actors.runtime.messages import (
@@ -44,10 +44,10 @@ from mellea_actors.runtime.messages import (
     GenerationRequest,
     StartGeneration,
 )
-from mellea_actors.runtime.root import RootSupervisor
-from mellea_actors.runtime.supervision import RestartPolicy
-from mellea_actors.runtime.thunk import ThunkActor, ThunkCell
-from mellea_actors.transport.ollama import OllamaTransport
+from mellea_actors.runtime.restart_policy import RestartPolicy
+from mellea_actors.runtime.root_supervisor import RootSupervisor
+from mellea_actors.runtime.thunk_actor import ThunkActor, ThunkCell
+from mellea_actors.transport.ollama_http import OllamaTransport
 
 __all__ = ["ActorSystem"]
 
@@ -121,7 +121,9 @@ class ActorSystem:
     def new_request_id(self) -> str:
         return f"{self.id.removeprefix('system-')}-{next(self._request_ids)}"
 
-    def submit(self, request: GenerationRequest) -> tuple[ThunkCell, pykka.ActorRef[Any]]:
+    def start_generation(
+        self, request: GenerationRequest
+    ) -> tuple[ThunkCell, pykka.ActorRef[Any]]:
         """Start a thunk actor and its generation; returns at once (thread-safe)."""
         if self._closed:
             raise RuntimeClosedError(f"{self.id} is closed; open a new session")
@@ -213,7 +215,7 @@ class ActorSystem:
 
         Runs on the actor loop whatever loop awaits it.
         """
-        future = self.loop.submit(self._transport_for_on_loop(host, timeout))
+        future = self.loop.run_coroutine(self._transport_for_on_loop(host, timeout))
         return await asyncio.wrap_future(future)
 
     async def _transport_for_on_loop(self, host: str, timeout: float) -> list[str]:

@@ -16,9 +16,9 @@ from typing import Any, Generic, TypeVar
 import pydantic
 
 from mellea_actors.core.backend import Backend
-from mellea_actors.core.context import Context
+from mellea_actors.core.context_chain import Context
+from mellea_actors.core.model_output import ModelOutputThunk
 from mellea_actors.core.requirement import Requirement, ValidationResult
-from mellea_actors.core.thunk import ModelOutputThunk
 from mellea_actors.errors import InvalidInputError
 
 __all__ = ["RejectionSamplingStrategy", "SamplingResult", "SamplingStrategy"]

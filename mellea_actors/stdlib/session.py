@@ -28,14 +28,15 @@ from typing import Any, Literal, TypeVar
 
 import pydantic
 
+from mellea_actors.backends.host_resolution import resolve_host
 from mellea_actors.backends.ollama import OllamaBackend
 from mellea_actors.core.cblock import CBlock, Component
-from mellea_actors.core.context import Context
+from mellea_actors.core.context_chain import Context
+from mellea_actors.core.model_output import ModelOutputThunk
 from mellea_actors.core.requirement import Requirement, ValidationResult, reqify
-from mellea_actors.core.thunk import ModelOutputThunk
 from mellea_actors.errors import BackendUnavailableError, InvalidInputError, ModelNotFoundError
 from mellea_actors.runtime.breaker import BreakerPolicy
-from mellea_actors.runtime.supervision import RestartPolicy
+from mellea_actors.runtime.restart_policy import RestartPolicy
 from mellea_actors.runtime.system import ActorSystem
 from mellea_actors.stdlib.components import Instruction, Message, apply_user_variables
 from mellea_actors.stdlib.context import ChatContext, SimpleContext
@@ -45,7 +46,6 @@ from mellea_actors.stdlib.sampling import (
     SamplingResult,
     SamplingStrategy,
 )
-from mellea_actors.transport.ollama import DEFAULT_HOST, normalize_host
 
 __all__ = ["DEFAULT_MODEL", "MelleaSession", "start_session"]
 
@@ -352,24 +352,6 @@ class MelleaSession:
 
 
 # -- start_session ------------------------------------------------------------------------------
-def _resolve_host(base_url: str | None) -> str:
-    """``base_url``, else ``OLLAMA_HOST``, else the default host — or the embedded local Ollama
-    when nothing was configured, the default host does not answer, and the project's local
-    Ollama is installed (``make run`` / ``python -m mellea_actors.local install``)."""
-    if base_url:
-        return normalize_host(base_url)
-    env = os.environ.get("OLLAMA_HOST")
-    if env:
-        return normalize_host(env)
-    from mellea_actors.local import server as local_server
-
-    if local_server.is_ollama_reachable(DEFAULT_HOST, timeout=0.5):
-        return DEFAULT_HOST
-    if os.environ.get("MELLEA_ACTORS_NO_EMBEDDED") != "1":
-        return local_server.ensure_embedded_ollama().base_url
-    return DEFAULT_HOST
-
-
 def start_session(
     backend_name: Literal["ollama"] = "ollama",
     model_id: str | None = None,
@@ -430,7 +412,7 @@ def start_session(
             f"unknown start_session argument(s): {', '.join(sorted(backend_kwargs))}"
         )
     model = model_id or os.environ.get("MELLEA_ACTORS_MODEL") or DEFAULT_MODEL
-    host = _resolve_host(base_url)
+    host = resolve_host(base_url)
     system = ActorSystem(
         policy=restart_policy, breaker_policy=breaker_policy, max_in_flight=max_in_flight
     )

@@ -2,10 +2,10 @@
 
 :func:`stream_with_chunking` starts a streamed generation and returns a
 :class:`StreamChunkingResult` at once. The work runs on the session's actor runtime: a stream
-actor (:mod:`mellea_actors.runtime.streaming`) reads the generation, splits it into chunks with
-a :class:`ChunkingStrategy`, and has one validator actor per requirement
-(:mod:`mellea_actors.runtime.validation`) judge every chunk with ``stream_validate``. This module
-is the thin public face: arguments, the requirement adapter, the result and its events.
+actor (:mod:`mellea_actors.runtime.stream_actor`) reads the generation, splits it into chunks with
+a :class:`ChunkingStrategy`, and has one validator actor per requirement (in
+:mod:`mellea_actors.runtime.validator_actor`) judge every chunk with ``stream_validate``. This
+module is the thin public face: arguments, the requirement adapter, the result and its events.
 
 Semantics, precisely
 --------------------
@@ -112,13 +112,13 @@ import pykka
 
 from mellea_actors.backends.model_options import ModelOption
 from mellea_actors.core.cblock import CBlock
+from mellea_actors.core.model_output import ModelOutputThunk
 from mellea_actors.core.requirement import (
     PartialValidationResult,
     Requirement,
     ValidationResult,
     reqify,
 )
-from mellea_actors.core.thunk import ModelOutputThunk
 from mellea_actors.errors import (
     AskTimeoutError,
     InvalidInputError,
@@ -127,14 +127,14 @@ from mellea_actors.errors import (
 )
 from mellea_actors.runtime.loop import ask_async
 from mellea_actors.runtime.messages import CancelStream
-from mellea_actors.runtime.streaming import (
+from mellea_actors.runtime.stream_actor import (
     StreamActor,
     StreamAttempt,
     StreamOutcome,
     live_stream_actors,
 )
 from mellea_actors.runtime.system import ActorSystem
-from mellea_actors.runtime.validation import (
+from mellea_actors.runtime.validator_actor import (
     FAULT_POLICIES,
     InvalidVerdictError,
     ValidatorError,
@@ -152,7 +152,7 @@ from mellea_actors.stdlib.chunking import (
 
 if TYPE_CHECKING:
     from mellea_actors.core.backend import Backend
-    from mellea_actors.core.context import Context
+    from mellea_actors.core.context_chain import Context
 
 __all__ = [
     "DEFAULT_VALIDATOR_TIMEOUT",

@@ -6,8 +6,10 @@ from; the root node holds nothing. ``ctx.add(x)`` never changes ``ctx``; it retu
 of the same type (carrying the same configuration, e.g. a chat window) whose previous node is
 ``ctx``. Two contexts made from the same parent share that parent safely.
 
-Concrete kinds live in :mod:`mellea_actors.stdlib.context` (``SimpleContext``,
-``ChatContext``); they decide what :meth:`Context.view_for_generation` shows a backend.
+The two concrete kinds live here too, below everything that needs them: ``SimpleContext`` (no
+history in the view) and ``ChatContext`` (the conversation). They decide what
+:meth:`Context.view_for_generation` shows a backend; their Mellea import path is
+:mod:`mellea_actors.stdlib.context`.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from mellea_actors.core.cblock import CBlock, Component, is_model_output_thunk
 from mellea_actors.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from mellea_actors.core.thunk import ModelOutputThunk
+    from mellea_actors.core.model_output import ModelOutputThunk
 
-__all__ = ["Context", "ContextItem", "ContextTurn"]
+__all__ = ["ChatContext", "Context", "ContextItem", "ContextTurn", "SimpleContext"]
 
 ContextItem: TypeAlias = "CBlock | Component[Any] | ModelOutputThunk"
 """What one context node holds."""
@@ -186,3 +188,78 @@ class Context(abc.ABC):
     def __repr__(self) -> str:
         n = len(self.as_list())
         return f"{type(self).__name__}(items={n})"
+
+class SimpleContext(Context):
+    """Each interaction is an independent turn: generation sees no history.
+
+    Items are still recorded (so ``last_output()``/``last_turn()`` work), but
+    :meth:`view_for_generation` is always empty.
+    """
+
+    _is_chat_context = False
+
+    def add(self, c: ContextItem) -> SimpleContext:
+        """A new ``SimpleContext`` with ``c`` appended."""
+        return SimpleContext.from_previous(self, c)
+
+    def view_for_generation(self) -> list[ContextItem]:
+        """Always ``[]``: no prior turn is sent to the model."""
+        return []
+
+
+def _is_system_message(item: object) -> bool:
+    return getattr(item, "role", None) == "system"
+
+
+class ChatContext(Context):
+    """A conversation: generation sees every earlier turn, oldest first.
+
+    Args:
+        window_size: when set, the view keeps the leading system message(s) plus the newest
+            ``window_size`` other items (Mellea 0.7.0's ``WindowCompactor`` default pinning).
+            The window applies to the view only; :meth:`as_list` keeps the whole history.
+        model_id: the model this conversation is bound to (informational).
+    """
+
+    _is_chat_context = True
+
+    def __init__(self, window_size: int | None = None, *, model_id: str | None = None) -> None:
+        super().__init__()
+        if window_size is not None and (
+            isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 0
+        ):
+            raise InvalidInputError(
+                f"window_size must be a non-negative int or None, got {window_size!r}"
+            )
+        self._window_size = window_size
+        self._model_id = model_id
+
+    @property
+    def window_size(self) -> int | None:
+        """How many non-system items the view keeps (``None``: all)."""
+        return self._window_size
+
+    @property
+    def model_id(self) -> str | None:
+        """The model this conversation is bound to, if any."""
+        return self._model_id
+
+    def new_instance(self) -> ChatContext:
+        """A new empty ``ChatContext`` with the same window and model."""
+        return ChatContext(self._window_size, model_id=self._model_id)
+
+    def add(self, c: ContextItem) -> ChatContext:
+        """A new ``ChatContext`` (same configuration) with ``c`` appended."""
+        return ChatContext.from_previous(self, c)
+
+    def view_for_generation(self) -> list[ContextItem]:
+        """The conversation so far, oldest first, windowed by ``window_size``."""
+        items = self.as_list()
+        if self._window_size is None:
+            return items
+        pinned = 0
+        while pinned < len(items) and _is_system_message(items[pinned]):
+            pinned += 1
+        body = items[pinned:]
+        kept = body[-self._window_size :] if self._window_size > 0 else []
+        return items[:pinned] + kept

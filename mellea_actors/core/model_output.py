@@ -1,6 +1,6 @@
 """``ModelOutputThunk``: the user's handle on a pending model output.
 
-The output itself lives in a :class:`~mellea_actors.runtime.thunk.ThunkActor` (one per
+The output itself lives in a :class:`~mellea_actors.runtime.thunk_actor.ThunkActor` (one per
 generation); this handle holds the reader's state (its stream cursor) and talks to the actor.
 Generation runs to completion in the background whether or not anyone reads.
 
@@ -62,7 +62,7 @@ from mellea_actors.runtime.messages import (
 
 if TYPE_CHECKING:
     from mellea_actors.runtime.system import ActorSystem
-    from mellea_actors.runtime.thunk import ThunkCell
+    from mellea_actors.runtime.thunk_actor import ThunkCell
 
 __all__ = ["GenerationMetadata", "ModelOutputThunk"]
 

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 
+from mellea_actors._compat import make_actor_stop
 from mellea_actors.runtime.loop import ActorLoop, LoopActor
 from mellea_actors.runtime.messages import ChildCrashed, Escalated
-from mellea_actors.runtime.supervision import RestartIntensity, RestartPolicy
+from mellea_actors.runtime.restart_policy import RestartIntensity, RestartPolicy
 
 if TYPE_CHECKING:
     from mellea_actors.runtime.log import SupervisionLog
@@ -63,7 +64,7 @@ class RootSupervisor(LoopActor):
     def on_stop(self) -> None:
         if self.child is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                self.child.tell(pykka.messages._ActorStop())
+                self.child.tell(make_actor_stop())
         self.log.emit("actor_stopped", actor=self.actor_id, kind=self.kind)
 
     def on_receive(self, message: Any) -> Any:

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import httpx
 import ollama
 
+from mellea_actors._compat import http_client_of, parse_host
 from mellea_actors.errors import (
     BackendError,
     BackendResponseError,
@@ -41,7 +42,7 @@ from mellea_actors.errors import (
     StreamDroppedError,
     StreamTimeoutError,
 )
-from mellea_actors.runtime.messages import GenerationRequest
+from mellea_actors.transport.chat_request import GenerationRequest
 
 __all__ = ["DEFAULT_HOST", "OllamaTransport", "PieceCallback", "map_error", "normalize_host"]
 
@@ -54,9 +55,7 @@ def normalize_host(host: str | None) -> str:
     """``host:port``, ``http://host``, ``0.0.0.0`` … → a base URL like the ollama client's."""
     if not host:
         return DEFAULT_HOST
-    from ollama._client import _parse_host
-
-    return str(_parse_host(host))
+    return parse_host(host)
 
 
 PieceCallback = Callable[[str, str], None]
@@ -254,7 +253,7 @@ class OllamaTransport:
 
     async def version(self, timeout: float = 5.0) -> str:
         """The server's version (``/api/version``); BackendUnavailableError if unreachable."""
-        http = self._ensure_client()._client
+        http = http_client_of(self._ensure_client())
         response = await self._bounded(http.get("/api/version"), timeout, "answer")
         try:
             response.raise_for_status()
@@ -266,4 +265,4 @@ class OllamaTransport:
     async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
-            await client._client.aclose()
+            await http_client_of(client).aclose()

@@ -102,7 +102,7 @@ from mellea_actors.runtime.messages import (
     ValidateFinal,
     VerdictArrived,
 )
-from mellea_actors.runtime.validation import (
+from mellea_actors.runtime.validator_actor import (
     FaultPolicy,
     ValidationCheck,
     ValidatorActor,

@@ -49,11 +49,11 @@ from mellea_actors.runtime.messages import (
     RestartGenerator,
     StartGeneration,
 )
-from mellea_actors.runtime.supervision import RestartIntensity, RestartPolicy
+from mellea_actors.runtime.restart_policy import RestartIntensity, RestartPolicy
 
 if TYPE_CHECKING:
     from mellea_actors.runtime.log import SupervisionLog
-    from mellea_actors.transport.ollama import OllamaTransport
+    from mellea_actors.transport.ollama_http import OllamaTransport
 
 __all__ = ["GenerationSupervisor"]
 

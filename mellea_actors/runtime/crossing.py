@@ -1,0 +1,209 @@
+"""The one home of every hand-off between the runtime's loop thread and the rest of the world.
+
+The runtime's actors live on one asyncio loop on one thread (:mod:`mellea_actors.runtime.loop`);
+their users are coroutines on other loops (the caller's ``asyncio.run``), plain threads, or the
+runtime's own loop. Every crossing goes through the primitives here, in the spirit of anyio's
+``from_thread``; no other module calls ``call_soon_threadsafe``.
+
+* :func:`hop` — run a callback on a loop, from any thread (the loop's own included).
+* :class:`Waker` — a one-shot wake-up for *one* waiter: made by the waiter (a coroutine on any
+  loop: :meth:`Waker.for_running_loop`; a plain thread: :meth:`Waker.for_thread`), woken once
+  from any thread (:meth:`Waker.wake`).
+* :class:`Signal` — a one-shot flag: set from one thread, awaited from any number of loops or
+  waited for from threads.
+* :class:`Channel` — an unbounded FIFO: one producer thread, one consumer coroutine on any loop.
+
+Guarantees, stated once:
+
+* Nothing here blocks the producer: ``wake``/``set``/``put``/``close`` take a short lock at most
+  and schedule the wake-up with one ``call_soon_threadsafe`` (about 30 µs; a plain thread is
+  woken through a ``threading.Event``).
+* A waiter whose loop is already closed is skipped silently: nobody is left to wake.
+* Every wait is cancellable, and a cancelled wait loses nothing: ``Channel.get`` only removes an
+  item when it returns it; a ``Signal`` stays set.
+* No lost wake-up: each primitive checks its condition and registers its waiter under one lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from mellea_actors.errors import SingleReaderError
+
+__all__ = ["Channel", "Signal", "Waker", "hop"]
+
+T = TypeVar("T")
+
+
+def hop(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: Any) -> None:
+    """Run ``callback(*args)`` on ``loop``'s thread, after what is already scheduled there.
+
+    From the loop's own thread this is ``loop.call_soon``. Raises ``RuntimeError`` if the loop is
+    closed.
+    """
+    if _running_loop() is loop:
+        loop.call_soon(callback, *args)
+    else:
+        loop.call_soon_threadsafe(callback, *args)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class Waker:
+    """A one-shot wake-up of one waiter, callable once from any thread.
+
+    Made by the waiter, on its own loop (``for_running_loop``) or thread (``for_thread``); it
+    then waits (``await waker.wait()`` or ``waker.wait_sync(timeout)``) while someone else holds
+    the waker and calls :meth:`wake` once the awaited condition holds.
+    """
+
+    __slots__ = ("_event", "_future", "_loop")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None,
+        future: asyncio.Future[None] | None,
+        event: threading.Event | None,
+    ) -> None:
+        self._loop = loop
+        self._future = future
+        self._event = event
+
+    @classmethod
+    def for_running_loop(cls) -> Waker:
+        """A waker for a coroutine of the running loop (call from that coroutine)."""
+        loop = asyncio.get_running_loop()
+        return cls(loop, loop.create_future(), None)
+
+    @classmethod
+    def for_thread(cls) -> Waker:
+        """A waker for a plain thread (waits with :meth:`wait_sync`)."""
+        return cls(None, None, threading.Event())
+
+    def wake(self) -> None:
+        """Wake the waiter (from any thread; more calls do nothing)."""
+        if self._event is not None:
+            self._event.set()
+            return
+        assert self._loop is not None and self._future is not None
+        with contextlib.suppress(RuntimeError):  # the waiter's loop is closed: nobody to wake
+            hop(self._loop, _settle, self._future)
+
+    async def wait(self) -> None:
+        """Wait until woken (the waiter's loop only; cancellable)."""
+        assert self._future is not None
+        await self._future
+
+    def wait_sync(self, timeout: float | None) -> bool:
+        """Block until woken (the waiter's thread only); False after ``timeout`` seconds."""
+        assert self._event is not None
+        return self._event.wait(timeout)
+
+
+class Signal:
+    """A one-shot flag settable from one thread and awaitable from any loop (or thread)."""
+
+    __slots__ = ("_event", "_lock", "_waiters")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._waiters: list[Waker] = []
+
+    def set(self) -> None:
+        with self._lock:
+            self._event.set()
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.wake()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        """Wait until set (cancellable)."""
+        if self._event.is_set():
+            return
+        waker = Waker.for_running_loop()
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._waiters.append(waker)
+        try:
+            await waker.wait()
+        finally:
+            with self._lock:
+                if waker in self._waiters:
+                    self._waiters.remove(waker)
+
+    def wait_sync(self, timeout: float | None) -> bool:
+        """Block until set; False after ``timeout`` seconds."""
+        return self._event.wait(timeout)
+
+
+class Channel(Generic[T]):
+    """An unbounded FIFO: one producer thread, one consumer coroutine on any loop.
+
+    ``put``/``close`` never block. ``get`` waits (cancellably; nothing is lost by a cancel) and
+    raises ``StopAsyncIteration`` once the channel is closed and drained; a second coroutine
+    calling ``get`` while one waits gets :class:`SingleReaderError` at once (never a lost
+    wake-up, never a hang).
+    """
+
+    __slots__ = ("_closed", "_items", "_lock", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[T] = deque()
+        self._closed = False
+        self._lock = threading.Lock()
+        self._waiter: Waker | None = None
+
+    def put(self, item: T) -> None:
+        with self._lock:
+            self._items.append(item)
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.wake()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.wake()
+
+    async def get(self) -> T:
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._items.popleft()
+                if self._closed:
+                    raise StopAsyncIteration
+                if self._waiter is not None:
+                    raise SingleReaderError(
+                        "two coroutines are iterating the same events()/astream() iterator at "
+                        "once; each has a single consumer"
+                    )
+                waker = Waker.for_running_loop()
+                self._waiter = waker
+            try:
+                await waker.wait()
+            finally:
+                with self._lock:
+                    if self._waiter is waker:
+                        self._waiter = None
