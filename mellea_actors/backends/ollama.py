@@ -135,10 +135,8 @@ class OllamaBackend(Backend):
             stream=options.stream,
             stream_timeout=options.stream_timeout,
         )
-        cell, ref = self.system.start_generation(request)
-        mot = ModelOutputThunk._attach(
-            self.system, cell, ref, stream=options.stream, parse=_parser_for(action, format)
-        )
+        handle = self.system.start_generation(request)
+        mot = ModelOutputThunk._attach(handle, parse=_parser_for(action, format))
         mot.action = action
         mot.context = ctx
         return mot, action_ctx.add(mot)

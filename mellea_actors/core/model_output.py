@@ -1,7 +1,9 @@
 """``ModelOutputThunk``: the user's handle on a pending model output.
 
 The output itself lives in a :class:`~mellea_actors.runtime.thunk_actor.ThunkActor` (one per
-generation); this handle holds the reader's state (its stream cursor) and talks to the actor.
+generation). This class only holds the engine's
+:class:`~mellea_actors.runtime.thunk_handle.ThunkHandle` (the read API, the reader's cursor, the
+single-reader guard, cancel) and translates Mellea's calls to it; it holds no concurrency code.
 Generation runs to completion in the background whether or not anyone reads.
 
 States: pending → streaming → computed | failed | cancelled.
@@ -18,8 +20,9 @@ Semantics (SPEC §3), stated precisely:
   (the whole value on a first call), then ``""``. With ``ModelOption.STREAM`` false the first call
   waits for the end and returns the whole text. If the generation failed, the text received
   before the error is returned first; the next call raises the error.
-* Single reader: a second ``astream()`` while another one is waiting (from another task, loop
-  or thread) raises :class:`~mellea_actors.errors.SingleReaderError` at once.
+* Single reader: a second reader while one reads (another ``astream()`` or ``iter_chunks()``,
+  from another task, loop or thread, or a ``ReadNew`` ask to the actor) raises
+  :class:`~mellea_actors.errors.SingleReaderError` at once, naming the thunk.
 * Cancelling the task that awaits ``astream()``/``avalue()`` (``asyncio.wait_for`` timeout …)
   loses nothing and does not stop the generation: the reader's cursor only moves when a call
   returns, so the next call returns what the cancelled one would have.
@@ -36,42 +39,18 @@ Blocking use (from plain threads, never from inside the runtime's loop): :meth:`
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import pykka
 
-from mellea_actors.errors import (
-    AskTimeoutError,
-    GenerationCancelledError,
-    RuntimeClosedError,
-    SingleReaderError,
-)
-from mellea_actors.runtime.messages import (
-    AwaitOutcome,
-    GenerationMeta,
-    ReaderGone,
-    ReadNew,
-    StreamRead,
-    ThunkOutcome,
-    ThunkStatus,
-)
-
-if TYPE_CHECKING:
-    from mellea_actors.runtime.system import ActorSystem
-    from mellea_actors.runtime.thunk_actor import ThunkCell
+from mellea_actors.errors import GenerationCancelledError
+from mellea_actors.runtime.messages import GenerationStats, ThunkOutcome, ThunkStatus
+from mellea_actors.runtime.thunk_handle import ThunkHandle
 
 __all__ = ["GenerationMetadata", "ModelOutputThunk"]
 
 S = TypeVar("S")
-
-
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class GenerationMetadata:
@@ -79,7 +58,7 @@ class GenerationMetadata:
 
     __slots__ = ("_meta",)
 
-    def __init__(self, meta: GenerationMeta) -> None:
+    def __init__(self, meta: GenerationStats) -> None:
         self._meta = meta
 
     @property
@@ -141,39 +120,28 @@ class ModelOutputThunk(Generic[S]):
         self._meta: dict[str, Any] = dict(meta or {})
         self._tool_calls = tool_calls
         self._manual_value = value
+        self._manual_streamed = False  # a manual thunk's one astream() call was made
         self._parsed_repr: Any = parsed_repr
         self._parsed = parsed_repr is not None
         self._parse_fn: Callable[[str], Any] | None = None
-        self._cell: ThunkCell | None = None
-        self._ref: pykka.ActorRef[Any] | None = None
-        self._system: ActorSystem | None = None
-        self._stream_requested = True
-        self._cursor = 0  # chunks this reader has consumed (moved only when a read returns)
-        self._reader_lock = threading.Lock()
-        self._reading = False
-        self._stream_started = False
-        self._value_returned = False
+        self._h: ThunkHandle | None = None
         self.action: Any = None
         self.context: Any = None
 
     # -- wiring (used by the backend) --------------------------------------------------------
     @classmethod
     def _attach(
-        cls,
-        system: ActorSystem,
-        cell: ThunkCell,
-        ref: pykka.ActorRef[Any],
-        *,
-        stream: bool,
-        parse: Callable[[str], Any] | None = None,
+        cls, handle: ThunkHandle, *, parse: Callable[[str], Any] | None = None
     ) -> ModelOutputThunk[Any]:
         mot: ModelOutputThunk[Any] = cls()
-        mot._system = system
-        mot._cell = cell
-        mot._ref = ref
-        mot._stream_requested = stream
+        mot._h = handle
         mot._parse_fn = parse
         return mot
+
+    @property
+    def handle(self) -> ThunkHandle | None:
+        """The engine's handle on this generation (None for a manual thunk)."""
+        return self._h
 
     @property
     def actor_ref(self) -> pykka.ActorRef[Any] | None:
@@ -182,57 +150,52 @@ class ModelOutputThunk(Generic[S]):
         It answers ``ReadNew``/``AwaitOutcome`` messages (``mellea_actors.runtime.messages``)
         with ``ask(…, timeout=…)``; it stops once the generation has ended.
         """
-        return self._ref
+        return None if self._h is None else self._h.ref
 
     @property
     def request_id(self) -> str | None:
         """The id of this generation in the supervision log (None for a manual thunk)."""
-        return None if self._cell is None else self._cell.request_id
+        return None if self._h is None else self._h.request_id
 
     @property
     def status(self) -> str:
         """ "pending", "streaming", "computed", "failed" or "cancelled"."""
-        if self._cell is None:
+        if self._h is None:
             return "computed" if self._manual_value is not None else "pending"
-        return self._cell.status.value
+        return self._h.cell.status.value
 
     # -- state -------------------------------------------------------------------------------
     def _outcome(self) -> ThunkOutcome | None:
-        return None if self._cell is None else self._cell.outcome
+        return None if self._h is None else self._h.outcome_now
 
     def is_computed(self) -> bool:
         """True once the value is final (see the module docstring for the reader rule)."""
-        if self._cell is None:
+        if self._h is None:
             return self._manual_value is not None
-        outcome = self._cell.outcome
-        if outcome is None or outcome.status is ThunkStatus.FAILED:
-            return False
-        if self._stream_started and not self._value_returned:
-            return self._cursor >= len(outcome.chunks)
-        return True
+        return self._h.is_computed()
 
     @property
     def value(self) -> str | None:
         """The final text; None until the generation ended (and never for a failed one)."""
-        if self._cell is None:
+        if self._h is None:
             return self._manual_value
-        outcome = self._cell.outcome
+        outcome = self._h.outcome_now
         if outcome is None or outcome.status is ThunkStatus.FAILED:
             return None
         return outcome.text
 
     @value.setter
     def value(self, v: str) -> None:
-        if self._cell is not None:
+        if self._h is not None:
             raise AttributeError("the value of a generated thunk is owned by its actor")
         self._manual_value = v
 
     @property
     def partial_value(self) -> str:
         """The text received so far (readable in every state, also after an error)."""
-        if self._cell is None:
+        if self._h is None:
             return self._manual_value or ""
-        return self._cell.snapshot_text()
+        return self._h.cell.snapshot_text()
 
     @property
     def thinking(self) -> str | None:
@@ -241,8 +204,7 @@ class ModelOutputThunk(Generic[S]):
 
     @property
     def cancelled(self) -> bool:
-        outcome = self._outcome()
-        return outcome is not None and outcome.status is ThunkStatus.CANCELLED
+        return self._h is not None and self._h.cancelled
 
     @property
     def error(self) -> BaseException | None:
@@ -283,119 +245,25 @@ class ModelOutputThunk(Generic[S]):
         self._parsed = True
 
     # -- async reads ------------------------------------------------------------------------
-    def _value_of(self, outcome: ThunkOutcome) -> str:
-        if outcome.status is ThunkStatus.FAILED:
-            assert outcome.error is not None
-            raise outcome.error.with_traceback(None)
-        return outcome.text
-
-    async def _await_outcome(self) -> ThunkOutcome:
-        cell = self._cell
-        assert cell is not None and self._ref is not None
-        outcome = cell.outcome
-        if outcome is not None:
-            return outcome
-        try:
-            result: ThunkOutcome = await self._ref.ask(AwaitOutcome(), block=False)
-        except (pykka.ActorDeadError, RuntimeClosedError):
-            if cell.outcome is not None:  # ended between our check and the ask
-                return cell.outcome
-            raise RuntimeClosedError(
-                f"thunk {cell.request_id} was stopped before its generation ended "
-                "(was the session closed?)"
-            ) from None
-        return result
+    def _manual(self) -> str:
+        if self._manual_value is None:
+            raise RuntimeError("this thunk has no value and no generation behind it")
+        return self._manual_value
 
     async def avalue(self) -> str:
         """Wait for the generation to end; return the full text (raise its error if it failed)."""
-        if self._cell is None:
-            if self._manual_value is None:
-                raise RuntimeError("this thunk has no value and no generation behind it")
-            return self._manual_value
-        text = self._value_of(await self._await_outcome())
-        self._value_returned = True
-        return text
-
-    def _acquire_reader(self) -> None:
-        with self._reader_lock:
-            if self._reading:
-                raise SingleReaderError(
-                    f"thunk {self.request_id} already has a reader waiting in astream(); "
-                    "a thunk has a single reader (use avalue() for more consumers)"
-                )
-            self._reading = True
+        if self._h is None:
+            return self._manual()
+        return await self._h.value()
 
     async def astream(self) -> str:
         """The text that arrived since this reader's previous call (see the module docstring)."""
-        if self._cell is None:
-            if self._stream_started:
+        if self._h is None:
+            if self._manual_streamed:
                 return ""
-            self._stream_started = True
-            return await self.avalue()
-        self._acquire_reader()
-        try:
-            self._stream_started = True
-            read = await self._read_next()
-        finally:
-            with self._reader_lock:
-                self._reading = False
-        self._cursor = read.cursor
-        if read.outcome is not None and not read.text and read.outcome.status is ThunkStatus.FAILED:
-            self._value_of(read.outcome)  # raises
-        return read.text
-
-    async def _read_next(self) -> StreamRead:
-        cell = self._cell
-        assert cell is not None and self._ref is not None
-        cursor = self._cursor
-        outcome = cell.outcome
-        if outcome is None and not self._stream_requested:
-            outcome = await self._await_outcome()
-        if outcome is not None:
-            return StreamRead("".join(outcome.chunks[cursor:]), len(outcome.chunks), outcome)
-        if len(cell.chunks) <= cursor:
-            await self._wait_for_news(cursor)
-        outcome = cell.outcome
-        if outcome is not None:
-            return StreamRead("".join(outcome.chunks[cursor:]), len(outcome.chunks), outcome)
-        chunks = cell.chunks
-        available = len(chunks)  # append-only: a consistent prefix
-        return StreamRead("".join(chunks[cursor:available]), available, None)
-
-    async def _wait_for_news(self, cursor: int) -> None:
-        """Wait until the thunk has more than ``cursor`` chunks or its outcome (cancellable).
-
-        Registers a waker in the cell that the thunk actor calls once; one cross-thread hop.
-        """
-        cell = self._cell
-        assert cell is not None
-        loop = asyncio.get_running_loop()
-        news: asyncio.Future[None] = loop.create_future()
-
-        def wake() -> None:
-            with contextlib.suppress(RuntimeError):  # the reader's loop is gone: nobody to wake
-                loop.call_soon_threadsafe(_set_done, news)
-
-        with cell.lock:
-            if len(cell.chunks) > cursor or cell.outcome is not None:
-                return
-            if cell.waker is not None:
-                raise SingleReaderError(
-                    f"thunk {cell.request_id} already has a reader waiting in astream(); "
-                    "a thunk has a single reader"
-                )
-            cell.waker = wake
-        try:
-            await news
-        finally:
-            with cell.lock:
-                if cell.waker is wake:
-                    cell.waker = None
-
-    def _tell(self, message: object) -> None:
-        if self._ref is not None:
-            with contextlib.suppress(pykka.ActorDeadError, RuntimeClosedError):
-                self._ref.tell(message)
+            self._manual_streamed = True
+            return self._manual()
+        return await self._h.astream()
 
     # -- cancel ---------------------------------------------------------------------------------
     async def cancel(self, reason: str = "cancelled by the user", timeout: float = 10.0) -> None:
@@ -404,16 +272,8 @@ class ModelOutputThunk(Generic[S]):
         No-op on a thunk that already ended. Raises AskTimeoutError if the thunk has not ended
         within ``timeout`` seconds.
         """
-        if self._cell is None or self._system is None or self._cell.outcome is not None:
-            return
-        self._system.cancel(self._cell.request_id, reason)
-        try:
-            async with asyncio.timeout(timeout):
-                await self._await_outcome()
-        except TimeoutError as exc:
-            raise AskTimeoutError(
-                f"thunk {self.request_id} did not end within {timeout} s of its cancel"
-            ) from exc
+        if self._h is not None:
+            await self._h.cancel(reason, timeout)
 
     async def cancel_generation(self, error: Exception | None = None) -> None:
         """Mellea's name for :meth:`cancel`."""
@@ -425,27 +285,9 @@ class ModelOutputThunk(Generic[S]):
 
         Raises AskTimeoutError after ``timeout`` seconds (the generation goes on).
         """
-        if self._cell is None:
+        if self._h is None:
             return self._manual_value or ""
-        outcome = self._cell.outcome
-        if outcome is None:
-            assert self._ref is not None
-            try:
-                outcome = cast(ThunkOutcome, self._ref.ask(AwaitOutcome(), timeout=timeout))
-            except pykka.Timeout as exc:
-                raise AskTimeoutError(
-                    f"thunk {self.request_id} did not end within {timeout} s"
-                ) from exc
-            except pykka.ActorDeadError:
-                outcome = self._cell.outcome
-                if outcome is None:
-                    raise RuntimeClosedError(
-                        f"thunk {self.request_id} was stopped before its generation ended"
-                    ) from None
-        assert outcome is not None
-        text = self._value_of(outcome)
-        self._value_returned = True
-        return text
+        return self._h.wait_value(timeout)
 
     def iter_chunks(
         self, timeout: float | None = None, *, cancel_reason: str = "the blocking reader left early"
@@ -457,65 +299,20 @@ class ModelOutputThunk(Generic[S]):
         exception) requests the cancel with ``cancel_reason`` and returns at once: ``status``
         may still read "streaming" for a moment; ``cancel_sync()`` waits for the end.
         """
-        if self._cell is None:
+        if self._h is None:
             yield self._manual_value or ""
             return
-        assert self._ref is not None
-        self._acquire_reader()
-        finished = False
-        try:
-            self._stream_started = True
-            while True:
-                outcome = self._cell.outcome
-                if outcome is None and not self._stream_requested:
-                    self.wait(timeout)
-                    outcome = self._cell.outcome
-                if outcome is not None:
-                    rest = "".join(outcome.chunks[self._cursor :])
-                    self._cursor = len(outcome.chunks)
-                    finished = True
-                    if rest:
-                        yield rest
-                    if outcome.status is ThunkStatus.FAILED:
-                        self._value_of(outcome)
-                    return
-                try:
-                    read = cast(
-                        StreamRead,
-                        self._ref.ask(ReadNew(self._cursor, id(self)), timeout=timeout),
-                    )
-                except pykka.Timeout as exc:
-                    self._tell(ReaderGone(id(self)))
-                    raise AskTimeoutError(
-                        f"no new text from thunk {self.request_id} within {timeout} s"
-                    ) from exc
-                except pykka.ActorDeadError:
-                    continue  # ended meanwhile: served from the outcome above
-                self._cursor = read.cursor
-                if read.text:
-                    yield read.text
-        finally:
-            with self._reader_lock:
-                self._reading = False
-            if not finished and self._system is not None and self._cell.outcome is None:
-                self._system.cancel(self._cell.request_id, cancel_reason)
+        yield from self._h.iter_deltas(timeout, cancel_reason=cancel_reason)
 
     def cancel_sync(self, reason: str = "cancelled by the user", timeout: float = 10.0) -> None:
         """Blocking :meth:`cancel`, for plain threads."""
-        if self._cell is None or self._system is None or self._cell.outcome is not None:
-            return
-        self._system.cancel(self._cell.request_id, reason)
-        try:
-            self.wait(timeout)
-        except AskTimeoutError:
-            raise
-        except Exception:  # the error of a failed generation is not the cancel's concern
-            pass
+        if self._h is not None:
+            self._h.cancel_sync(reason, timeout)
 
     # -- representations ---------------------------------------------------------------------
     def __str__(self) -> str:
         """The value once computed, else ""."""
-        return self.value or "" if self.is_computed() or self._cell is None else ""
+        return self.value or "" if self.is_computed() or self._h is None else ""
 
     def __repr__(self) -> str:
         return f"ModelOutputThunk(status={self.status!r}, value={self.value!r})"

@@ -11,8 +11,23 @@ Ollama through the transport and tells the thunk actor every chunk. The supervis
   everything else fails the thunk with the error (a :class:`BackendError` subclass).
 * Stopping the supervisor cancels every generator it runs.
 
-State (``_generations``) is owned by the actor loop thread; generator tasks only report through
-messages, so every decision is taken in a handler, one at a time.
+Ownership, precisely:
+
+* ``_generations``, ``_breakers``, ``_probes`` and the restart intensity belong to the
+  supervisor and are read and written only by its handlers and hooks (on the actor loop thread,
+  one at a time): every restart, fail or cancel decision is taken there.
+* A ``_Generation`` record is created by a handler; its delta counters (``deltas``,
+  ``first_delta_at``) are written only by the running generator task (on the same thread,
+  between two awaits), its control fields (``cancel_reason``, ``fail_with``, ``task``,
+  ``attempt``) only by handlers.
+* A generator task never changes supervisor state. It tells its thunk the deltas and — when it
+  is cancelled — the final ``GenerationCancelled``/``GenerationFailed`` *directly* (so the thunk
+  ends even while the supervisor itself is stopping), and it always reports its exit to the
+  supervisor with a ``GeneratorExited`` message, on which the supervisor decides.
+
+The transport is anything that has the shape of :class:`ChatTransport`
+(:class:`~mellea_actors.transport.ollama_http.OllamaTransport` in production, a fake in the unit
+tests).
 """
 
 from __future__ import annotations
@@ -22,7 +37,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pykka
 
@@ -32,18 +47,19 @@ from mellea_actors.errors import (
     CircuitOpenError,
     MelleaActorsError,
 )
+from mellea_actors.runtime.actor_base import RuntimeActor, handles
 from mellea_actors.runtime.breaker import BreakerPolicy, CircuitBreaker
-from mellea_actors.runtime.loop import ActorLoop, LoopActor
+from mellea_actors.runtime.loop import ActorLoop
 from mellea_actors.runtime.messages import (
     CancelGeneration,
     ChildCrashed,
-    ChunkArrived,
+    DeltasArrived,
     Escalated,
     GenerationCancelled,
     GenerationFailed,
     GenerationFinished,
-    GenerationMeta,
     GenerationRequest,
+    GenerationStats,
     GeneratorExited,
     HostAnswered,
     RestartGenerator,
@@ -53,14 +69,40 @@ from mellea_actors.runtime.restart_policy import RestartIntensity, RestartPolicy
 
 if TYPE_CHECKING:
     from mellea_actors.runtime.log import SupervisionLog
-    from mellea_actors.transport.ollama_http import OllamaTransport
+    from mellea_actors.transport.ollama_http import DeltaCallback
 
-__all__ = ["GenerationSupervisor"]
+__all__ = ["ChatTransport", "FinalObject", "GenerationSupervisor"]
+
+
+class FinalObject(Protocol):
+    """What the supervisor reads from the last streamed object (``done=True``)."""
+
+    done_reason: str | None
+    prompt_eval_count: int | None
+    eval_count: int | None
+    total_duration: int | None
+
+
+class ChatTransport(Protocol):
+    """What the supervisor needs from the transport of one host (used on the actor loop only)."""
+
+    async def stream_chat(
+        self, request: GenerationRequest, on_delta: DeltaCallback
+    ) -> FinalObject:
+        """Stream one chat, calling ``on_delta`` per delta; raise a ``BackendError`` subclass.
+
+        Cancelling the calling task must close the connection."""
+        ...
+
+    async def version(self, timeout: float = ...) -> str:
+        """The host's version; ``BackendUnavailableError`` if it does not answer."""
+        ...
 
 
 @dataclass
 class _Generation:
-    """The supervisor's record of one request (loop thread only)."""
+    """The supervisor's record of one request (loop thread; see the module docstring for who
+    writes which field)."""
 
     request: GenerationRequest
     thunk: pykka.ActorRef[Any]
@@ -70,16 +112,16 @@ class _Generation:
     cancel_reason: str | None = None
     fail_with: BaseException | None = None
     """When set, the cancel ends the thunk as failed with this error (a crash), not cancelled."""
-    chunks: int = 0
-    first_chunk_at: float | None = None
+    deltas: int = 0
+    first_delta_at: float | None = None
     started_at: float = field(default_factory=time.monotonic)
 
 
-class _ChunkBatch:
-    """Gathers the pieces received in one loop tick into one ``ChunkArrived`` (loop thread).
+class _DeltaBatch:
+    """Gathers the deltas received in one loop tick into one ``DeltasArrived`` (loop thread).
 
-    Several pieces often arrive in one network read; one message for all of them saves a mailbox
-    round per piece. ``flush()`` must run before the generator's final message to the thunk.
+    Several deltas often arrive in one network read; one message for all of them saves a mailbox
+    round per delta. ``flush()`` must run before the generator's final message to the thunk.
     """
 
     __slots__ = ("_at", "_loop", "_scheduled", "_texts", "_thinking", "_thunk")
@@ -106,14 +148,14 @@ class _ChunkBatch:
         self._scheduled = False
         if not self._texts and not self._thinking:
             return
-        message = ChunkArrived(tuple(self._texts), "".join(self._thinking), self._at)
+        message = DeltasArrived(tuple(self._texts), "".join(self._thinking), self._at)
         self._texts.clear()
         self._thinking.clear()
         with contextlib.suppress(pykka.ActorDeadError):  # a crashed thunk: reported elsewhere
             self._thunk.tell(message)
 
 
-class GenerationSupervisor(LoopActor):
+class GenerationSupervisor(RuntimeActor):
     """Runs generators against Ollama; see the module docstring."""
 
     kind = "generation_supervisor"
@@ -122,7 +164,7 @@ class GenerationSupervisor(LoopActor):
         self,
         actor_loop: ActorLoop,
         *,
-        transport_for: Callable[[str], OllamaTransport],
+        transport_for: Callable[[str], ChatTransport],
         log: SupervisionLog,
         policy: RestartPolicy | None = None,
         breaker_policy: BreakerPolicy | None = None,
@@ -130,21 +172,16 @@ class GenerationSupervisor(LoopActor):
         parent_id: str | None = None,
         parent: pykka.ActorRef[Any] | None = None,
     ) -> None:
-        super().__init__(actor_loop)
+        super().__init__(
+            actor_loop, log=log, actor_id=actor_id, parent_id=parent_id, parent=parent
+        )
         self.transport_for = transport_for
-        self.log = log
         self.policy = policy or RestartPolicy()
         self.breaker_policy = breaker_policy or BreakerPolicy()
-        self.actor_id = actor_id
-        self.parent_id = parent_id
-        self.parent = parent
         self._intensity = RestartIntensity(self.policy)
         self._generations: dict[str, _Generation] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._probes: dict[str, asyncio.Task[None]] = {}
-
-    def __str__(self) -> str:
-        return self.actor_id
 
     # lifecycle -------------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -163,13 +200,7 @@ class GenerationSupervisor(LoopActor):
         for gen in list(self._generations.values()):
             self._cancel(gen, f"supervisor crashed: {exc_info[1]!r}", fail_with=error)
         self._stop_probes()
-        if self.parent is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.parent.tell(ChildCrashed(self.actor_id, self.kind, None, repr(exc_info[1])))
-
-    def on_ask_failure(self, message: Any, exc: BaseException) -> None:
-        """The asker got the error and the supervisor lives on; the log still says so."""
-        self._emit("ask_failed", reason=f"{type(message).__name__}: {exc!r}")
+        self.tell_parent(ChildCrashed(self.actor_id, self.kind, None, repr(exc_info[1])))
 
     def _stop_probes(self) -> None:
         for task in self._probes.values():
@@ -177,14 +208,12 @@ class GenerationSupervisor(LoopActor):
         self._probes.clear()
 
     def _emit(self, event: str, gen: _Generation | None = None, **fields: Any) -> None:
-        self.log.emit(
-            event,
-            actor=self.actor_id if gen is None else f"generator-{gen.request.request_id}",
-            kind=self.kind if gen is None else "generator",
-            parent=self.parent_id if gen is None else self.actor_id,
-            thunk=None if gen is None else gen.request.request_id,
-            **fields,
-        )
+        """A record of the supervisor itself, or (``gen``) of one of its generators."""
+        if gen is None:
+            self.emit(event, **fields)
+            return
+        rid = gen.request.request_id
+        self.emit_child(event, actor=f"generator-{rid}", kind="generator", thunk=rid, **fields)
 
     def active(self) -> list[str]:
         """Request ids of the generations under way (for introspection)."""
@@ -194,22 +223,8 @@ class GenerationSupervisor(LoopActor):
         """The state of each host's circuit breaker (for introspection)."""
         return {host: b.state.value for host, b in self._breakers.items()}
 
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, StartGeneration):
-            return self._on_start_generation(message)
-        if isinstance(message, CancelGeneration):
-            return self._on_cancel(message)
-        if isinstance(message, GeneratorExited):
-            return self._on_exited(message)
-        if isinstance(message, RestartGenerator):
-            return self._on_restart(message)
-        if isinstance(message, ChildCrashed):
-            return self._on_child_crashed(message)
-        if isinstance(message, HostAnswered):
-            return self._on_host_answered(message)
-        raise TypeError(f"{self} does not understand {type(message).__name__}")
-
     # handlers --------------------------------------------------------------------------------
+    @handles(StartGeneration)
     def _on_start_generation(self, message: StartGeneration) -> None:
         request = message.request
         gen = _Generation(request=request, thunk=message.thunk)
@@ -239,6 +254,7 @@ class GenerationSupervisor(LoopActor):
             self._generate(gen, gen.attempt), name=f"generator-{gen.request.request_id}"
         )
 
+    @handles(CancelGeneration)
     def _on_cancel(self, message: CancelGeneration) -> bool:
         gen = self._generations.get(message.request_id)
         if gen is None:
@@ -270,12 +286,12 @@ class GenerationSupervisor(LoopActor):
                 "generation_failed",
                 gen,
                 reason=reason,
-                chunks=gen.chunks,
+                chunks=gen.deltas,
                 error_type=type(gen.fail_with).__name__,
             )
             self._tell_thunk(gen, GenerationFailed(gen.fail_with, self._meta(gen)))
             return
-        self._emit("generation_cancelled", gen, reason=reason, chunks=gen.chunks)
+        self._emit("generation_cancelled", gen, reason=reason, chunks=gen.deltas)
         self._tell_thunk(gen, GenerationCancelled(reason, self._meta(gen)))
 
     def _fail(self, gen: _Generation, error: BaseException, why: str = "") -> None:
@@ -286,10 +302,11 @@ class GenerationSupervisor(LoopActor):
             reason=f"{error} {why}".strip(),
             error_type=type(error).__name__,
             attempts=gen.attempt,
-            chunks=gen.chunks,
+            chunks=gen.deltas,
         )
         self._tell_thunk(gen, GenerationFailed(error, self._meta(gen)))
 
+    @handles(ChildCrashed)
     def _on_child_crashed(self, message: ChildCrashed) -> None:
         """A thunk actor crashed: its output is gone, so its generation stops."""
         self.log.emit(
@@ -319,11 +336,10 @@ class GenerationSupervisor(LoopActor):
             self._start_probe(breaker)
 
     def _emit_breaker(self, event: str, breaker: CircuitBreaker, reason: str) -> None:
-        self.log.emit(
+        self.emit_child(
             event,
             actor=f"breaker-{breaker.host}",
             kind="circuit_breaker",
-            parent=self.actor_id,
             reason=reason,
             host=breaker.host,
             failures=breaker.consecutive_failures,
@@ -346,16 +362,17 @@ class GenerationSupervisor(LoopActor):
             except BackendError as exc:
                 self._emit_breaker("breaker_probe_failed", breaker, str(exc))
                 continue
-            with contextlib.suppress(pykka.ActorDeadError):
-                self.actor_ref.tell(HostAnswered(host))
+            self.tell_self(HostAnswered(host))
             return
 
+    @handles(HostAnswered)
     def _on_host_answered(self, message: HostAnswered) -> None:
         self._probes.pop(message.host, None)
         breaker = self._breaker(message.host)
         if breaker.record_success():
             self._emit_breaker("breaker_closed", breaker, "/api/version answered")
 
+    @handles(GeneratorExited)
     def _on_exited(self, message: GeneratorExited) -> None:
         gen = self._generations.get(message.request_id)
         if gen is None or message.attempt != gen.attempt:
@@ -368,7 +385,7 @@ class GenerationSupervisor(LoopActor):
             self._generations.pop(message.request_id, None)
             return
         restarts = gen.attempt - 1
-        if gen.cancel_reason is None and self.policy.should_restart(error, restarts, gen.chunks):
+        if gen.cancel_reason is None and self.policy.should_restart(error, restarts, gen.deltas):
             if self._intensity.record():
                 delay = self.policy.backoff(restarts + 1)
                 self._emit(
@@ -386,12 +403,11 @@ class GenerationSupervisor(LoopActor):
                 )
                 return
             self._emit("escalated", gen, reason=f"restart intensity exceeded: {error}")
-            if self.parent is not None:
-                with contextlib.suppress(pykka.ActorDeadError):
-                    self.parent.tell(Escalated(self.actor_id, gen.request.request_id, str(error)))
-        why = "after text was delivered (not retried)" if gen.chunks else ""
+            self.tell_parent(Escalated(self.actor_id, gen.request.request_id, str(error)))
+        why = "after text was delivered (not retried)" if gen.deltas else ""
         self._fail(gen, error, why)
 
+    @handles(RestartGenerator)
     def _on_restart(self, message: RestartGenerator) -> None:
         gen = self._generations.get(message.request_id)
         if gen is None or gen.attempt != message.attempt or gen.cancel_reason is not None:
@@ -404,22 +420,22 @@ class GenerationSupervisor(LoopActor):
         with contextlib.suppress(pykka.ActorDeadError):
             gen.thunk.tell(message)
 
-    def _meta(self, gen: _Generation, final: Any = None) -> GenerationMeta:
-        ttfc = None if gen.first_chunk_at is None else gen.first_chunk_at - gen.started_at
+    def _meta(self, gen: _Generation, final: Any = None) -> GenerationStats:
+        ttfc = None if gen.first_delta_at is None else gen.first_delta_at - gen.started_at
         if final is None:  # cancelled or failed: count what we received
-            return GenerationMeta(
+            return GenerationStats(
                 model=gen.request.model,
                 done_reason=None,
-                completion_tokens=gen.chunks,
+                completion_tokens=gen.deltas,
                 time_to_first_chunk=ttfc,
                 streaming=gen.request.stream,
                 attempts=gen.attempt,
             )
-        return GenerationMeta(
+        return GenerationStats(
             model=gen.request.model,
             done_reason=final.done_reason,
             prompt_tokens=final.prompt_eval_count,
-            completion_tokens=final.eval_count if final.eval_count is not None else gen.chunks,
+            completion_tokens=final.eval_count if final.eval_count is not None else gen.deltas,
             total_duration_ns=final.total_duration,
             time_to_first_chunk=ttfc,
             streaming=gen.request.stream,
@@ -429,27 +445,28 @@ class GenerationSupervisor(LoopActor):
     async def _generate(self, gen: _Generation, attempt: int) -> None:
         """Stream one attempt into the thunk; always ends with a GeneratorExited report.
 
-        Runs as a task on the actor loop. The body between pieces never awaits anything but the
+        Runs as a task on the actor loop. The body between deltas never awaits anything but the
         stream, so a stall is always seen by the transport's stream timeout.
         """
         request = gen.request
-        batch = _ChunkBatch(self.actor_loop.loop, gen.thunk)
+        batch = _DeltaBatch(self.actor_loop.loop, gen.thunk)
 
-        def on_piece(content: str, thinking: str) -> None:
-            if gen.chunks == 0:
-                gen.first_chunk_at = time.monotonic()
-                self._emit("first_chunk", gen, latency=gen.first_chunk_at - gen.started_at)
-            gen.chunks += 1
+        def on_delta(content: str, thinking: str) -> None:
+            if gen.deltas == 0:
+                gen.first_delta_at = time.monotonic()
+                # the log's public event name (SPEC §7) for the first delta
+                self._emit("first_chunk", gen, latency=gen.first_delta_at - gen.started_at)
+            gen.deltas += 1
             batch.add(content, thinking)
 
         try:
             transport = self.transport_for(request.host)
-            final = await transport.stream_chat(request, on_piece)
+            final = await transport.stream_chat(request, on_delta)
         except asyncio.CancelledError:
             batch.flush()
             # Tell the thunk here, not via the supervisor: the supervisor may be stopping.
             self._end_cancelled(gen)
-            self._report(GeneratorExited(request.request_id, attempt, gen.chunks, cancelled=True))
+            self._report(GeneratorExited(request.request_id, attempt, gen.deltas, cancelled=True))
             return
         except BaseException as exc:
             batch.flush()
@@ -461,20 +478,19 @@ class GenerationSupervisor(LoopActor):
                     model=request.model,
                 )
                 error.__cause__ = exc
-            self._report(GeneratorExited(request.request_id, attempt, gen.chunks, error=error))
+            self._report(GeneratorExited(request.request_id, attempt, gen.deltas, error=error))
             return
         batch.flush()
         meta = self._meta(gen, final)
         self._emit(
             "generation_completed",
             gen,
-            chunks=gen.chunks,
+            chunks=gen.deltas,
             done_reason=meta.done_reason,
             completion_tokens=meta.completion_tokens,
         )
         self._tell_thunk(gen, GenerationFinished(meta))
-        self._report(GeneratorExited(request.request_id, attempt, gen.chunks))
+        self._report(GeneratorExited(request.request_id, attempt, gen.deltas))
 
     def _report(self, message: GeneratorExited) -> None:
-        with contextlib.suppress(pykka.ActorDeadError):
-            self.actor_ref.tell(message)
+        self.tell_self(message)

@@ -8,7 +8,7 @@ nothing here may be mutated after it is built.
 Who sends what::
 
     facade ──StartGeneration──▶ GenerationSupervisor ──(spawns a generator task)
-    generator ──ChunkArrived / GenerationFinished / …Failed / …Cancelled──▶ ThunkActor
+    generator ──DeltasArrived / GenerationFinished / …Failed / …Cancelled──▶ ThunkActor
     generator ──GeneratorExited──▶ GenerationSupervisor      (decides: done, restart, or fail)
     facade ──ReadNew / ReaderGone / AwaitOutcome──▶ ThunkActor   (replies: StreamRead, ThunkOutcome)
     facade ──CancelGeneration──▶ GenerationSupervisor
@@ -30,15 +30,15 @@ __all__ = [
     "CancelStream",
     "ChatMessage",
     "ChildCrashed",
-    "ChunkArrived",
     "ChunksFound",
+    "DeltasArrived",
     "Escalated",
     "FinalVerdictArrived",
     "GenerationCancelled",
     "GenerationFailed",
     "GenerationFinished",
-    "GenerationMeta",
     "GenerationRequest",
+    "GenerationStats",
     "GeneratorExited",
     "HostAnswered",
     "ReadNew",
@@ -76,7 +76,7 @@ class GeneratorExited:
 
     request_id: str
     attempt: int
-    chunks_delivered: int
+    deltas_delivered: int
     error: BaseException | None = None
     cancelled: bool = False
 
@@ -116,7 +116,7 @@ class Escalated:
 
 # -- generator → thunk ----------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class GenerationMeta:
+class GenerationStats:
     """What Ollama (or, for a cancel, our own count) says about a finished generation."""
 
     model: str
@@ -144,10 +144,10 @@ class GenerationMeta:
 
 
 @dataclass(frozen=True, slots=True)
-class ChunkArrived:
-    """The pieces of text the generator received in one loop tick (usually one), in order."""
+class DeltasArrived:
+    """The deltas the generator received in one loop tick (usually one), in order."""
 
-    texts: tuple[str, ...]
+    deltas: tuple[str, ...]
     thinking: str = ""
     at: float = 0.0
     """``time.monotonic()`` when the generator received the first of them."""
@@ -155,25 +155,25 @@ class ChunkArrived:
 
 @dataclass(frozen=True, slots=True)
 class GenerationFinished:
-    meta: GenerationMeta
+    meta: GenerationStats
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationFailed:
     error: BaseException
-    meta: GenerationMeta
+    meta: GenerationStats
 
 
 @dataclass(frozen=True, slots=True)
 class GenerationCancelled:
     reason: str
-    meta: GenerationMeta
+    meta: GenerationStats
 
 
 # -- readers → thunk ------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ReadNew:
-    """Ask for the text after chunk ``cursor``; answered as soon as there is some, or at the end."""
+    """Ask for the text after delta ``cursor``; answered as soon as there is some, or at the end."""
 
     cursor: int
     reader: int = 0
@@ -208,9 +208,9 @@ class ThunkOutcome:
     """The final state of a thunk, published once and never changed."""
 
     status: ThunkStatus
-    chunks: tuple[str, ...]
+    deltas: tuple[str, ...]
     thinking: str
-    meta: GenerationMeta
+    meta: GenerationStats
     error: BaseException | None = None
     cancel_reason: str | None = None
     text: str = field(default="")

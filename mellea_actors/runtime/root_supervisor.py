@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import pykka
 
 from mellea_actors._compat import make_actor_stop
-from mellea_actors.runtime.loop import ActorLoop, LoopActor
+from mellea_actors.runtime.actor_base import RuntimeActor, handles
+from mellea_actors.runtime.loop import ActorLoop
 from mellea_actors.runtime.messages import ChildCrashed, Escalated
 from mellea_actors.runtime.restart_policy import RestartIntensity, RestartPolicy
 
@@ -29,8 +30,11 @@ if TYPE_CHECKING:
 __all__ = ["RootSupervisor"]
 
 
-class RootSupervisor(LoopActor):
-    """Restarts the generation supervisor; see the module docstring."""
+class RootSupervisor(RuntimeActor):
+    """Restarts the generation supervisor; see the module docstring.
+
+    State (``child``, the restart intensity) is owned by the loop thread.
+    """
 
     kind = "root_supervisor"
 
@@ -45,9 +49,7 @@ class RootSupervisor(LoopActor):
         on_gave_up: Callable[[str], None],
         policy: RestartPolicy | None = None,
     ) -> None:
-        super().__init__(actor_loop)
-        self.actor_id = actor_id
-        self.log = log
+        super().__init__(actor_loop, log=log, actor_id=actor_id)
         self._start_child = start_child
         self._on_child_restarted = on_child_restarted
         self._on_gave_up = on_gave_up
@@ -59,38 +61,30 @@ class RootSupervisor(LoopActor):
         self.child = child
 
     def on_start(self) -> None:
-        self.log.emit("actor_started", actor=self.actor_id, kind=self.kind)
+        self.emit("actor_started")
 
     def on_stop(self) -> None:
         if self.child is not None:
             with contextlib.suppress(pykka.ActorDeadError):
                 self.child.tell(make_actor_stop())
-        self.log.emit("actor_stopped", actor=self.actor_id, kind=self.kind)
+        self.emit("actor_stopped")
 
-    def on_receive(self, message: Any) -> Any:
-        if isinstance(message, ChildCrashed):
-            return self._on_child_crashed(message)
-        if isinstance(message, Escalated):
-            self.log.emit(
-                "escalation_received",
-                actor=self.actor_id,
-                kind=self.kind,
-                thunk=message.request_id,
-                reason=f"{message.supervisor_id}: {message.reason}",
-            )
-            return None
-        raise TypeError(f"{self.actor_id} does not understand {type(message).__name__}")
-
-    def _on_child_crashed(self, message: ChildCrashed) -> None:
+    @handles(Escalated)
+    def _on_escalated(self, message: Escalated) -> None:
         self.log.emit(
-            "child_crashed",
+            "escalation_received",
             actor=self.actor_id,
             kind=self.kind,
-            reason=f"{message.kind} {message.child_id}: {message.reason}",
+            thunk=message.request_id,
+            reason=f"{message.supervisor_id}: {message.reason}",
         )
+
+    @handles(ChildCrashed)
+    def _on_child_crashed(self, message: ChildCrashed) -> None:
+        self.emit("child_crashed", reason=f"{message.kind} {message.child_id}: {message.reason}")
         if not self._intensity.record():
             reason = f"the generation supervisor crashed too often (last: {message.reason})"
-            self.log.emit("escalated", actor=self.actor_id, kind=self.kind, reason=reason)
+            self.emit("escalated", reason=reason)
             self._on_gave_up(reason)
             return
         self.child = self._start_child(self.actor_ref)

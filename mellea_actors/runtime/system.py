@@ -47,6 +47,7 @@ from mellea_actors.runtime.messages import (
 from mellea_actors.runtime.restart_policy import RestartPolicy
 from mellea_actors.runtime.root_supervisor import RootSupervisor
 from mellea_actors.runtime.thunk_actor import ThunkActor, ThunkCell
+from mellea_actors.runtime.thunk_handle import ThunkHandle
 from mellea_actors.transport.ollama_http import OllamaTransport
 
 __all__ = ["ActorSystem"]
@@ -121,10 +122,8 @@ class ActorSystem:
     def new_request_id(self) -> str:
         return f"{self.id.removeprefix('system-')}-{next(self._request_ids)}"
 
-    def start_generation(
-        self, request: GenerationRequest
-    ) -> tuple[ThunkCell, pykka.ActorRef[Any]]:
-        """Start a thunk actor and its generation; returns at once (thread-safe)."""
+    def start_generation(self, request: GenerationRequest) -> ThunkHandle:
+        """Start a thunk actor and its generation; return its handle at once (thread-safe)."""
         if self._closed:
             raise RuntimeClosedError(f"{self.id} is closed; open a new session")
         if self._failed is not None:
@@ -141,7 +140,7 @@ class ActorSystem:
         )
         self._thunks[request.request_id] = (cell, ref)
         supervisor.tell(StartGeneration(request, ref))
-        return cell, ref
+        return ThunkHandle(cell, ref, streamed=request.stream, cancel=self.cancel)
 
     def cancel(self, request_id: str, reason: str = "cancelled by the user") -> None:
         """Ask the supervisor to cancel one generation (thread-safe, returns at once)."""

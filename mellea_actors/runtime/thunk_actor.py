@@ -1,44 +1,45 @@
-"""The thunk actor: owns one generation's buffer and state, serves its readers.
+"""The thunk actor: owns one generation's buffer and state; the cell it publishes them in.
 
 One :class:`ThunkActor` per generation. It lives on the runtime's :class:`ActorLoop` (no thread of
-its own), receives the generator's chunks, answers readers (``ReadNew``, ``AwaitOutcome``), and
-when the generation is over publishes a :class:`ThunkOutcome` and stops. Reads after that are
-served from the published outcome without any message.
+its own), receives the generator's deltas (``DeltasArrived``), answers readers that hold its
+``ActorRef`` (``ReadNew``, ``AwaitOutcome``), and when the generation is over publishes a
+:class:`ThunkOutcome` and stops. The user's handle reads through a
+:class:`~mellea_actors.runtime.thunk_handle.ThunkHandle`, mostly without any message.
 
-Ownership: the ThunkActor, on the loop thread, is the only writer of its :class:`ThunkCell`.
-Readers on other threads only read it: ``cell.chunks`` is append-only (a reader may snapshot a
-prefix), ``cell.outcome`` goes from None to a frozen ThunkOutcome exactly once.
+Ownership of the :class:`ThunkCell` (trio-style, stated where it is enforced):
 
-Waking a reader: besides the ``ReadNew`` message (for anyone holding the ActorRef), the
-``ModelOutputThunk`` facade registers a *waker* in the cell (under ``cell.lock``) and awaits a
-future of its own loop; the actor calls the waker once after new text or the outcome was
-published. That is one cross-thread hop per wake-up instead of two (ask, then reply).
-
-Single reader: at most one ``ReadNew`` may be waiting at a time. A second one, while the first
-waits, is answered at once with :class:`SingleReaderError` naming the thunk.
+* The ThunkActor, on the loop thread, is the only writer of ``deltas``, ``thinking``,
+  ``status``, ``first_delta_at`` and ``outcome``. Readers on any thread only read them:
+  ``deltas`` is append-only (a reader may snapshot a prefix), ``outcome`` goes from None to a
+  frozen ThunkOutcome exactly once, after the last delta.
+* ``reader`` and ``waker`` are guarded by ``lock``. ``reader`` is **the single-reader guard**:
+  every way of reading the stream (``astream()``, ``iter_chunks()``, the stream actor of
+  ``stream_with_chunking``, a ``ReadNew`` ask) claims it for as long as it reads, and a second
+  claim while it is held raises :class:`SingleReaderError` naming the thunk and the holder. The
+  holder may park one :class:`~mellea_actors.runtime.crossing.Waker` in ``waker``; the actor
+  wakes it once after it published new text or the outcome (one cross-thread hop per wake-up).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pykka
 
 from mellea_actors.errors import RuntimeClosedError, SingleReaderError, ThunkError
-from mellea_actors.runtime.loop import ActorLoop, LoopActor
+from mellea_actors.runtime.actor_base import RuntimeActor, handles
+from mellea_actors.runtime.loop import ActorLoop
 from mellea_actors.runtime.messages import (
     AwaitOutcome,
     ChildCrashed,
-    ChunkArrived,
+    DeltasArrived,
     GenerationCancelled,
     GenerationFailed,
     GenerationFinished,
-    GenerationMeta,
+    GenerationStats,
     ReaderGone,
     ReadNew,
     StreamRead,
@@ -47,19 +48,21 @@ from mellea_actors.runtime.messages import (
 )
 
 if TYPE_CHECKING:
+    from mellea_actors.runtime.crossing import Waker
     from mellea_actors.runtime.log import SupervisionLog
 
-__all__ = ["ThunkActor", "ThunkCell"]
+__all__ = ["ThunkActor", "ThunkCell", "read_from"]
 
 
 class ThunkCell:
-    """What a ThunkActor publishes for lock-free reads (single writer: the actor's loop thread)."""
+    """What a ThunkActor publishes, and the single-reader guard (see the module docstring)."""
 
     __slots__ = (
-        "chunks",
-        "first_chunk_at",
+        "deltas",
+        "first_delta_at",
         "lock",
         "outcome",
+        "reader",
         "request_id",
         "status",
         "thinking",
@@ -68,31 +71,84 @@ class ThunkCell:
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
-        self.lock = threading.Lock()  # guards ``waker`` only
-        self.waker: Callable[[], None] | None = None  # set by the one waiting reader
-        self.chunks: list[str] = []  # append-only
+        # written by the actor only (loop thread); read by anyone
+        self.deltas: list[str] = []  # append-only
         self.thinking: list[str] = []  # append-only
         self.status = ThunkStatus.PENDING
         self.outcome: ThunkOutcome | None = None  # set once
-        self.first_chunk_at: float | None = None
+        self.first_delta_at: float | None = None
+        # guarded by ``lock``
+        self.lock = threading.Lock()
+        self.reader: str | None = None  # who holds the single-reader claim
+        self.waker: Waker | None = None  # the holder's parked waker
+
+    # -- the single-reader guard (any thread) ---------------------------------------------------
+    def claim_reader(self, who: str) -> None:
+        """Become the thunk's reader; raise SingleReaderError if someone else is reading."""
+        with self.lock:
+            if self.reader is not None:
+                raise SingleReaderError(
+                    f"thunk {self.request_id} already has a reader ({self.reader}); a thunk has "
+                    f"a single reader, so {who} may not read it now (use avalue() for more "
+                    "consumers)"
+                )
+            self.reader = who
+
+    def release_reader(self, who: str) -> None:
+        with self.lock:
+            if self.reader == who:
+                self.reader = None
+                self.waker = None
+
+    def park(self, waker: Waker, cursor: int) -> bool:
+        """Park the reader's waker unless there is already news after ``cursor``.
+
+        Returns False (nothing parked) when there is more than ``cursor`` deltas or an outcome.
+        """
+        with self.lock:
+            if len(self.deltas) > cursor or self.outcome is not None:
+                return False
+            self.waker = waker
+            return True
+
+    def unpark(self, waker: Waker) -> None:
+        with self.lock:
+            if self.waker is waker:
+                self.waker = None
 
     def wake_reader(self) -> None:
-        """Called by the actor after publishing text or the outcome: wake the waiting reader."""
+        """Called by the actor after publishing text or the outcome: wake the parked reader."""
         with self.lock:
             waker, self.waker = self.waker, None
         if waker is not None:
-            waker()
+            waker.wake()
 
+    # -- reads (any thread) ---------------------------------------------------------------------
     def snapshot_text(self) -> str:
         """The text received so far (safe from any thread: a prefix of the final text)."""
         outcome = self.outcome
         if outcome is not None:
             return outcome.text
-        return "".join(self.chunks[: len(self.chunks)])
+        return "".join(self.deltas[: len(self.deltas)])
 
 
-class ThunkActor(LoopActor):
-    """Owns one generation's output; see the module docstring for the protocol."""
+def read_from(cell: ThunkCell, cursor: int) -> StreamRead:
+    """The text after delta ``cursor`` that is there now, the next cursor, the outcome if final.
+
+    Safe from any thread (``deltas`` is append-only; the outcome, once set, holds them all).
+    """
+    outcome = cell.outcome
+    deltas: tuple[str, ...] | list[str] = cell.deltas if outcome is None else outcome.deltas
+    end = len(deltas)
+    text = deltas[cursor] if end == cursor + 1 else "".join(deltas[cursor:end])
+    return StreamRead(text=text, cursor=end, outcome=outcome)
+
+
+class ThunkActor(RuntimeActor):
+    """Owns one generation's output; see the module docstring for the protocol.
+
+    Its own state (``_pending_read``, ``_outcome_waiters``) is touched on the loop thread only.
+    """
 
     kind = "thunk"
 
@@ -106,31 +162,29 @@ class ThunkActor(LoopActor):
         registry: dict[str, Any] | None = None,
         supervisor: pykka.ActorRef[Any] | None = None,
     ) -> None:
-        super().__init__(actor_loop)
+        super().__init__(
+            actor_loop,
+            log=log,
+            actor_id=f"thunk-{cell.request_id}",
+            parent_id=parent_id,
+            parent=supervisor,
+        )
         self.cell = cell
         self._registry = registry
-        self._supervisor = supervisor
-        self.log = log
-        self.parent_id = parent_id
-        self.actor_id = f"thunk-{cell.request_id}"
-        self._pending_read: tuple[ReadNew, asyncio.Future[StreamRead]] | None = None
+        # a ReadNew waiting for text: (message, reply, its claim on the cell)
+        self._pending_read: tuple[ReadNew, asyncio.Future[StreamRead], str] | None = None
         self._outcome_waiters: list[asyncio.Future[ThunkOutcome]] = []
-        self._handlers: dict[type, Any] = {
-            ChunkArrived: self._on_chunk,
-            ReadNew: self._on_read,
-            ReaderGone: self._on_reader_gone,
-            AwaitOutcome: self._on_await_outcome,
-            GenerationFinished: self._on_finished,
-            GenerationFailed: self._on_failed,
-            GenerationCancelled: self._on_cancelled,
-        }
 
     def __str__(self) -> str:
         return f"thunk {self.cell.request_id}"
 
+    @property
+    def thunk_id(self) -> str:
+        return self.cell.request_id
+
     # lifecycle -------------------------------------------------------------------------------
     def on_start(self) -> None:
-        self._emit("actor_started")
+        self.emit("actor_started")
 
     def on_stop(self) -> None:
         if self._registry is not None:
@@ -140,158 +194,138 @@ class ThunkActor(LoopActor):
             self._publish_failure(err)
             for fut in self._drain_waiters():
                 fut.set_exception(err)
-        self._emit("actor_stopped")
+        self.emit("actor_stopped")
 
     def on_crash(self, exc_info: Any) -> None:
         """Publish a failed outcome (readers get a clear error) and report to the supervisor."""
         if self._registry is not None:
             self._registry.pop(self.cell.request_id, None)
         reason = repr(exc_info[1])
-        self._emit("actor_crashed", reason=reason)
+        self.emit("actor_crashed", reason=reason)
         err = ThunkError(f"{self} crashed: {reason}; the text received so far is kept")
         err.__cause__ = exc_info[1]
         self._publish_failure(err)
         for fut in self._drain_waiters():
             fut.set_exception(err)
-        if self._supervisor is not None:
-            with contextlib.suppress(pykka.ActorDeadError):
-                self._supervisor.tell(
-                    ChildCrashed(self.actor_id, self.kind, self.cell.request_id, reason)
-                )
-
-    def _emit(self, event: str, reason: str | None = None) -> None:
-        self.log.emit(
-            event,
-            actor=self.actor_id,
-            kind=self.kind,
-            parent=self.parent_id,
-            thunk=self.cell.request_id,
-            reason=reason,
-        )
+        self.tell_parent(ChildCrashed(self.actor_id, self.kind, self.cell.request_id, reason))
 
     def _publish_failure(self, err: BaseException) -> None:
         """End the thunk as failed with ``err`` (text so far kept) unless it already ended."""
-        cell = self.cell
-        if cell.outcome is not None:
-            return
-        chunks = tuple(cell.chunks)
-        cell.status = ThunkStatus.FAILED
-        cell.outcome = ThunkOutcome(
-            status=ThunkStatus.FAILED,
-            chunks=chunks,
-            thinking="".join(cell.thinking),
-            meta=GenerationMeta(model="", completion_tokens=len(chunks)),
-            error=err,
-            text="".join(chunks),
-        )
-        cell.wake_reader()
-
-    def on_ask_failure(self, message: Any, exc: BaseException) -> None:
-        """The asker got the error and the actor lives on; the log still says so."""
-        self._emit("ask_failed", reason=f"{type(message).__name__}: {exc!r}")
+        deltas = tuple(self.cell.deltas)
+        meta = GenerationStats(model="", completion_tokens=len(deltas))
+        self._publish(ThunkStatus.FAILED, meta, error=err)
 
     def _drain_waiters(self) -> list[asyncio.Future[Any]]:
         futures: list[asyncio.Future[Any]] = list(self._outcome_waiters)
         self._outcome_waiters.clear()
-        if self._pending_read is not None:
-            futures.append(self._pending_read[1])
-            self._pending_read = None
+        pending = self._take_pending_read()
+        if pending is not None:
+            futures.append(pending[1])
         return [f for f in futures if not f.done()]
 
-    def on_receive(self, message: Any) -> Any:
-        handler = self._handlers.get(type(message))
-        if handler is None:
-            raise TypeError(f"{self} does not understand {type(message).__name__}")
-        return handler(message)
+    def _take_pending_read(self) -> tuple[ReadNew, asyncio.Future[StreamRead], str] | None:
+        pending, self._pending_read = self._pending_read, None
+        if pending is not None:
+            self.cell.release_reader(pending[2])
+        return pending
 
     # from the generator ----------------------------------------------------------------------
-    def _on_chunk(self, message: ChunkArrived) -> None:
+    @handles(DeltasArrived)
+    def _on_deltas(self, message: DeltasArrived) -> None:
         cell = self.cell
         if cell.outcome is not None:
             return
         if cell.status is ThunkStatus.PENDING:
             cell.status = ThunkStatus.STREAMING
-            cell.first_chunk_at = message.at or time.monotonic()
+            cell.first_delta_at = message.at or time.monotonic()
         if message.thinking:
             cell.thinking.append(message.thinking)
-        if not message.texts:
+        if not message.deltas:
             return
-        cell.chunks.extend(message.texts)
+        cell.deltas.extend(message.deltas)
         cell.wake_reader()
-        pending = self._pending_read
-        if pending is not None:
-            self._pending_read = None
-            request, fut = pending
-            if not fut.done():
-                fut.set_result(self._read_from(request.cursor, None))
+        pending = self._take_pending_read()
+        if pending is not None and not pending[1].done():
+            pending[1].set_result(read_from(cell, pending[0].cursor))
 
-    def _finish(
+    def _publish(
         self,
         status: ThunkStatus,
-        meta: GenerationMeta,
+        meta: GenerationStats,
         error: BaseException | None = None,
         cancel_reason: str | None = None,
-    ) -> None:
+    ) -> ThunkOutcome | None:
+        """Publish the outcome (once) and wake every reader; None if it was published before."""
         cell = self.cell
         if cell.outcome is not None:
-            return
-        chunks = tuple(cell.chunks)
+            return None
+        deltas = tuple(cell.deltas)
         outcome = ThunkOutcome(
             status=status,
-            chunks=chunks,
+            deltas=deltas,
             thinking="".join(cell.thinking),
             meta=meta,
             error=error,
             cancel_reason=cancel_reason,
-            text="".join(chunks),
+            text="".join(deltas),
         )
         cell.status = status
         cell.outcome = outcome  # publish: from now on readers need no message
         cell.wake_reader()
-        pending = self._pending_read
-        self._pending_read = None
+        return outcome
+
+    def _finish(
+        self,
+        status: ThunkStatus,
+        meta: GenerationStats,
+        error: BaseException | None = None,
+        cancel_reason: str | None = None,
+    ) -> None:
+        outcome = self._publish(status, meta, error, cancel_reason)
+        if outcome is None:
+            return
+        pending = self._take_pending_read()
         if pending is not None and not pending[1].done():
-            pending[1].set_result(self._read_from(pending[0].cursor, outcome))
+            pending[1].set_result(read_from(self.cell, pending[0].cursor))
         waiters, self._outcome_waiters = self._outcome_waiters, []
         for fut in waiters:
             if not fut.done():
                 fut.set_result(outcome)
         self.stop()
 
+    @handles(GenerationFinished)
     def _on_finished(self, message: GenerationFinished) -> None:
         self._finish(ThunkStatus.COMPUTED, message.meta)
 
+    @handles(GenerationFailed)
     def _on_failed(self, message: GenerationFailed) -> None:
         self._finish(ThunkStatus.FAILED, message.meta, error=message.error)
 
+    @handles(GenerationCancelled)
     def _on_cancelled(self, message: GenerationCancelled) -> None:
         self._finish(ThunkStatus.CANCELLED, message.meta, cancel_reason=message.reason)
 
-    # from readers ----------------------------------------------------------------------------
-    def _read_from(self, cursor: int, outcome: ThunkOutcome | None) -> StreamRead:
-        chunks = self.cell.chunks if outcome is None else outcome.chunks
-        end = len(chunks)
-        text = chunks[cursor] if end == cursor + 1 else "".join(chunks[cursor:end])
-        return StreamRead(text=text, cursor=end, outcome=outcome)
-
+    # from readers that hold the ActorRef ---------------------------------------------------
+    @handles(ReadNew)
     def _on_read(self, message: ReadNew) -> StreamRead | asyncio.Future[StreamRead]:
-        outcome = self.cell.outcome
-        if outcome is not None or len(self.cell.chunks) > message.cursor:
-            return self._read_from(message.cursor, outcome)
-        if self._pending_read is not None and not self._pending_read[1].done():
-            raise SingleReaderError(
-                f"{self} already has a reader waiting in astream(); a thunk has a single reader"
-            )
+        cell = self.cell
+        who = f"a ReadNew ask (reader {message.reader})"
+        cell.claim_reader(who)  # SingleReaderError while anyone else reads
+        if cell.outcome is not None or len(cell.deltas) > message.cursor:
+            cell.release_reader(who)
+            return read_from(cell, message.cursor)
         fut: asyncio.Future[StreamRead] = self.actor_loop.loop.create_future()
-        self._pending_read = (message, fut)
+        self._pending_read = (message, fut, who)
         return fut
 
+    @handles(ReaderGone)
     def _on_reader_gone(self, message: ReaderGone) -> None:
         pending = self._pending_read
         if pending is not None and pending[0].reader == message.reader:
-            self._pending_read = None
+            self._take_pending_read()
             pending[1].cancel()
 
+    @handles(AwaitOutcome)
     def _on_await_outcome(self, message: AwaitOutcome) -> ThunkOutcome | asyncio.Future[Any]:
         if self.cell.outcome is not None:
             return self.cell.outcome

@@ -19,8 +19,8 @@ builtin ``ConnectionError``
 ``ResponseError`` other status                      :class:`BackendResponseError` (status_code)
 ``ResponseError`` status -1 (error line mid-stream) :class:`BackendResponseError` (status_code=-1)
 ``httpx.RemoteProtocolError``, ``ReadError``, end   :class:`StreamDroppedError`
-of stream without the final ``done`` chunk
-no chunk for ``stream_timeout`` seconds             :class:`StreamTimeoutError`
+of stream without the final ``done`` object
+no delta for ``stream_timeout`` seconds             :class:`StreamTimeoutError`
 =================================================  =======================================
 """
 
@@ -44,7 +44,7 @@ from mellea_actors.errors import (
 )
 from mellea_actors.transport.chat_request import GenerationRequest
 
-__all__ = ["DEFAULT_HOST", "OllamaTransport", "PieceCallback", "map_error", "normalize_host"]
+__all__ = ["DEFAULT_HOST", "DeltaCallback", "OllamaTransport", "map_error", "normalize_host"]
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 
@@ -58,8 +58,12 @@ def normalize_host(host: str | None) -> str:
     return parse_host(host)
 
 
-PieceCallback = Callable[[str, str], None]
-"""``on_piece(content, thinking)``: called synchronously, on the loop, for each piece with text."""
+DeltaCallback = Callable[[str, str], None]
+"""``on_delta(content, thinking)``: called synchronously, on the loop, for each delta with text.
+
+A *delta* is one streamed object's ``message.content`` (and ``message.thinking``): the unit
+Ollama sends. (A *chunk* is the unit a chunking strategy cuts the text into; see
+:mod:`mellea_actors.runtime.stream_actor`.)"""
 
 
 class _Watchdog:
@@ -172,11 +176,12 @@ class OllamaTransport:
         return self._client
 
     async def stream_chat(
-        self, request: GenerationRequest, on_piece: PieceCallback
+        self, request: GenerationRequest, on_delta: DeltaCallback
     ) -> ollama.ChatResponse:
-        """Stream one chat: ``on_piece`` gets every piece with text; returns the final chunk.
+        """Stream one chat: ``on_delta`` gets every delta with text; returns the final object.
 
-        ``on_piece`` runs synchronously on the loop, between two reads of the stream: it must not
+        The final object is the one with ``done=True`` (``done_reason``, ``eval_count``, …).
+        ``on_delta`` runs synchronously on the loop, between two reads of the stream: it must not
         block. Raises a :class:`BackendError` subclass (see the module docstring). Cancelling the
         calling task closes the connection at once.
         """
@@ -204,7 +209,7 @@ class OllamaTransport:
                             watchdog.feed()
                         message = part.message
                         if message.content or message.thinking:
-                            on_piece(message.content or "", message.thinking or "")
+                            on_delta(message.content or "", message.thinking or "")
                         if part.done:
                             final = part
                 finally:
@@ -214,7 +219,7 @@ class OllamaTransport:
                 if watchdog is None or not watchdog.fired or task is None or task.uncancel():
                     raise  # a real cancel (or one more than ours): let it through
                 raise StreamTimeoutError(
-                    f"no chunk from Ollama at {self.host} for {timeout} s "
+                    f"nothing from Ollama at {self.host} for {timeout} s "
                     f"(model {request.model!r}; ModelOption.STREAM_TIMEOUT)",
                     host=self.host,
                     model=request.model,
@@ -228,7 +233,7 @@ class OllamaTransport:
                     watchdog.close()
         if final is None:
             raise StreamDroppedError(
-                f"the stream from Ollama at {self.host} ended without its final chunk",
+                f"the stream from Ollama at {self.host} ended without its final object (done=true)",
                 host=self.host,
                 model=request.model,
             )
