@@ -6,6 +6,10 @@ runtime's own loop. Every crossing goes through the primitives here, in the spir
 ``from_thread``; no other module calls ``call_soon_threadsafe``.
 
 * :func:`hop` — run a callback on a loop, from any thread (the loop's own included).
+* :func:`run_coroutine` — run a coroutine on a loop from another thread; a concurrent future.
+* :func:`await_concurrent` — await a concurrent future from a coroutine of any loop.
+* :func:`in_thread` — run a blocking call in a worker thread and await it (never blocks the
+  awaiting loop).
 * :class:`Waker` — a one-shot wake-up for *one* waiter: made by the waiter (a coroutine on any
   loop: :meth:`Waker.for_running_loop`; a plain thread: :meth:`Waker.for_thread`), woken once
   from any thread (:meth:`Waker.wake`).
@@ -27,15 +31,16 @@ Guarantees, stated once:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from mellea_actors.errors import SingleReaderError
 
-__all__ = ["Channel", "Signal", "Waker", "hop"]
+__all__ = ["Channel", "Signal", "Waker", "await_concurrent", "hop", "in_thread", "run_coroutine"]
 
 T = TypeVar("T")
 
@@ -50,6 +55,29 @@ def hop(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args:
         loop.call_soon(callback, *args)
     else:
         loop.call_soon_threadsafe(callback, *args)
+
+
+def run_coroutine(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]
+) -> concurrent.futures.Future[T]:
+    """Schedule ``coro`` on ``loop`` (from a thread other than its own); its result as a
+    concurrent future (``result(timeout)`` blocks the calling thread, ``cancel()`` cancels)."""
+    return asyncio.run_coroutine_threadsafe(coro, loop)
+
+
+async def await_concurrent(future: concurrent.futures.Future[T]) -> T:
+    """Await a concurrent future (e.g. from :func:`run_coroutine`) without blocking this loop.
+
+    Cancelling the awaiting task cancels ``future``."""
+    return await asyncio.wrap_future(future)
+
+
+async def in_thread(func: Callable[..., T], *args: Any) -> T:
+    """Run a blocking ``func(*args)`` in a worker thread and await its result.
+
+    Cancelling the awaiting task stops the wait, not the call (a thread cannot be interrupted).
+    """
+    return await asyncio.to_thread(func, *args)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -52,7 +52,7 @@ from mellea_actors._compat import (
     handle_receive,
 )
 from mellea_actors.errors import AskTimeoutError, RuntimeClosedError
-from mellea_actors.runtime.crossing import Waker, hop
+from mellea_actors.runtime.crossing import Waker, hop, in_thread, run_coroutine
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -159,7 +159,7 @@ class ActorLoop:
         if self._closed:
             coro.close()
             raise RuntimeClosedError(f"actor loop {self.name!r} is closed")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return run_coroutine(self._loop, coro)
 
     def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run a coroutine on the loop and block this thread until it is done.
@@ -230,7 +230,7 @@ class LoopFuture(ThreadingFuture[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         if future_has_get_hook(self):  # a converted future (e.g. from ActorRef.stop())
-            return (yield from asyncio.to_thread(self.get).__await__())
+            return (yield from in_thread(self.get).__await__())
         if not future_is_set(self):
             waker = Waker.for_running_loop()
             self.add_done_callback(lambda _: waker.wake())

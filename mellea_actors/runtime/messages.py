@@ -1,17 +1,20 @@
 """Every message exchanged between the runtime's actors, in one place.
 
-All messages are immutable: requests that come from users are frozen pydantic models (validated
-once, at the edge); hot-path messages (one per chunk) are frozen, slotted dataclasses, which cost
-a fraction of a pydantic model. pykka shares messages between threads without copying them, so
-nothing here may be mutated after it is built.
+All messages are immutable: the request that comes from users is a frozen pydantic model
+(validated once, at the edge; it lives in :mod:`mellea_actors.transport.chat_request` and is
+re-exported here); hot-path messages (one per batch of deltas) are frozen, slotted dataclasses,
+which cost a fraction of a pydantic model. pykka shares messages between threads without copying
+them, so nothing here may be mutated after it is built.
 
 Who sends what::
 
-    facade ──StartGeneration──▶ GenerationSupervisor ──(spawns a generator task)
+    system ──StartGeneration──▶ GenerationSupervisor ──(spawns a generator task)
     generator ──DeltasArrived / GenerationFinished / …Failed / …Cancelled──▶ ThunkActor
     generator ──GeneratorExited──▶ GenerationSupervisor      (decides: done, restart, or fail)
-    facade ──ReadNew / ReaderGone / AwaitOutcome──▶ ThunkActor   (replies: StreamRead, ThunkOutcome)
-    facade ──CancelGeneration──▶ GenerationSupervisor
+    anyone with the ref ──ReadNew / ReaderGone / AwaitOutcome──▶ ThunkActor
+                                                  (replies: StreamRead, ThunkOutcome)
+    system ──CancelGeneration──▶ GenerationSupervisor
+    ThunkActor / GenerationSupervisor ──ChildCrashed / Escalated──▶ their supervisor
 """
 
 from __future__ import annotations

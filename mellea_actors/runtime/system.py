@@ -6,13 +6,15 @@
     └── RootSupervisor ("…/root"): restarts the generation supervisor if it crashes
         └── GenerationSupervisor ("…/generation-supervisor"), one circuit breaker per host
             ├── generator-<request id>   (asyncio task: streams from Ollama; restarted on
-            │                             transient failures before any chunk)
+            │                             transient failures before any delta)
             └── thunk-<request id>       (ThunkActor: owns that generation's output; its crash
                                           is reported to the generation supervisor)
+    stream-<request id>                  (StreamActor of a ``stream_with_chunking`` run)
+    └── validator-<request id>-<n>       (ValidatorActor, one per requirement)
 
 Thread-safety: every public method may be called from any thread. The system's mutable state
-lives on its loop thread, except ``_thunks`` (a dict mutated by single operations, atomic in
-CPython) used for introspection.
+lives on its loop thread, except the registries ``_thunks`` and ``stream_actors`` (dicts
+mutated by single operations, atomic in CPython) used for introspection.
 
 Shutdown: :meth:`close` cancels every generation (closing its HTTP stream), waits (bounded) until
 every thunk published its outcome, closes the HTTP clients and joins the loop thread. An ``atexit``
@@ -35,6 +37,7 @@ import pykka
 
 from mellea_actors.errors import RuntimeClosedError
 from mellea_actors.runtime.breaker import BreakerPolicy
+from mellea_actors.runtime.crossing import await_concurrent
 from mellea_actors.runtime.generation_supervisor import GenerationSupervisor
 from mellea_actors.runtime.log import SupervisionLog
 from mellea_actors.runtime.loop import ActorLoop, ask_async
@@ -72,14 +75,17 @@ class ActorSystem:
         self.log = log or SupervisionLog()
         self._max_in_flight = max_in_flight
         self._connect_timeout = connect_timeout
-        self._transports: dict[str, OllamaTransport] = {}  # loop thread only
+        # Ownership (see the module docstring): the transports are created and used on the loop
+        # thread only; the two registries below are written by their actors (loop thread) with
+        # single dict operations, and read by introspection from any thread (as snapshots).
+        self._transports: dict[str, OllamaTransport] = {}
         self._thunks: dict[str, tuple[ThunkCell, pykka.ActorRef[Any]]] = {}
         self.stream_actors: dict[str, str] = {}
         """Live stream and validator actors (``id -> kind``), kept by themselves while alive."""
-        self._request_ids = itertools.count(1)
-        self._close_lock = threading.Lock()
+        self._request_ids = itertools.count(1)  # next() is atomic: any thread
+        self._close_lock = threading.Lock()  # guards the transition to ``_closed``
         self._closed = False
-        self._failed: str | None = None
+        self._failed: str | None = None  # set once by the root (loop thread), read anywhere
         self._policy = policy
         self._breaker_policy = breaker_policy
         self.loop = ActorLoop(name=f"mellea-actors-{self.id}").start()
@@ -215,7 +221,7 @@ class ActorSystem:
         Runs on the actor loop whatever loop awaits it.
         """
         future = self.loop.run_coroutine(self._transport_for_on_loop(host, timeout))
-        return await asyncio.wrap_future(future)
+        return await await_concurrent(future)
 
     async def _transport_for_on_loop(self, host: str, timeout: float) -> list[str]:
         return await self._transport_for(host).list_models(timeout=timeout)

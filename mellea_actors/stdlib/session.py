@@ -36,6 +36,7 @@ from mellea_actors.core.model_output import ModelOutputThunk
 from mellea_actors.core.requirement import Requirement, ValidationResult, reqify
 from mellea_actors.errors import BackendUnavailableError, InvalidInputError, ModelNotFoundError
 from mellea_actors.runtime.breaker import BreakerPolicy
+from mellea_actors.runtime.crossing import in_thread
 from mellea_actors.runtime.restart_policy import RestartPolicy
 from mellea_actors.runtime.system import ActorSystem
 from mellea_actors.stdlib.components import Instruction, Message, apply_user_variables
@@ -103,7 +104,7 @@ class MelleaSession:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.close)
+        await in_thread(self.close)
 
     def reset(self) -> None:
         """Start again from an empty context of the same kind."""

@@ -1,0 +1,136 @@
+"""The transport on its own: ``OllamaTransport`` against the scripted Ollama-protocol server.
+
+No actor, no session: one event loop (the test's) drives the transport directly, as the
+generation supervisor does on the runtime's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mellea_actors.errors import (
+    BackendResponseError,
+    BackendUnavailableError,
+    ModelNotFoundError,
+    StreamDroppedError,
+    StreamTimeoutError,
+)
+from mellea_actors.testing import Script, ScriptedOllama
+from mellea_actors.transport.chat_request import ChatMessage, GenerationRequest
+from mellea_actors.transport.ollama_http import OllamaTransport
+
+from .conftest import SCRIPTED_MODEL
+
+WAIT = 10.0
+
+
+def request(
+    host: str, *, model: str = SCRIPTED_MODEL, timeout: float | None = 10.0
+) -> GenerationRequest:
+    return GenerationRequest(
+        request_id="t-1",
+        host=host,
+        model=model,
+        messages=(ChatMessage(role="user", content="Say hi."),),
+        stream_timeout=timeout,
+    )
+
+
+async def test_deltas_in_order_and_the_final_object(scripted: ScriptedOllama) -> None:
+    script = Script(tokens=("Hel", "lo", ",", " world", "."), done_reason="stop")
+    scripted.enqueue(script)
+    transport = OllamaTransport(scripted.base_url)
+    deltas: list[str] = []
+    try:
+        final = await transport.stream_chat(
+            request(scripted.base_url), lambda content, _thinking: deltas.append(content)
+        )
+    finally:
+        await transport.aclose()
+    assert deltas == list(script.tokens)
+    assert final.done_reason == "stop"
+    assert final.eval_count == len(script.tokens)
+
+
+@pytest.mark.parametrize(
+    ("script", "error", "status"),
+    [
+        (Script(status=404, error_message="model 'x' not found"), ModelNotFoundError, None),
+        (Script(status=500, error_message="boom"), BackendResponseError, 500),
+        (Script(error_after=2, error_message="out of memory"), BackendResponseError, -1),
+        (Script(drop_after=2), StreamDroppedError, None),
+    ],
+    ids=["404", "500", "error-line", "dropped"],
+)
+async def test_faults_are_mapped_once_at_the_boundary(
+    scripted: ScriptedOllama, script: Script, error: type[Exception], status: int | None
+) -> None:
+    scripted.enqueue(script)
+    transport = OllamaTransport(scripted.base_url)
+    deltas: list[str] = []
+    try:
+        with pytest.raises(error) as caught:
+            await transport.stream_chat(
+                request(scripted.base_url), lambda content, _t: deltas.append(content)
+            )
+    finally:
+        await transport.aclose()
+    assert scripted.base_url in str(caught.value)
+    assert SCRIPTED_MODEL in str(caught.value) or error is StreamDroppedError
+    if status is not None:
+        assert getattr(caught.value, "status_code", None) == status
+    assert caught.value.__cause__ is not None or error is StreamDroppedError
+    if script.error_after is not None or script.drop_after is not None:
+        assert deltas == list(script.tokens[:2])  # what came before the fault was delivered
+
+
+async def test_a_refused_connection_names_the_host() -> None:
+    transport = OllamaTransport("http://127.0.0.1:9", connect_timeout=2.0)
+    try:
+        with pytest.raises(BackendUnavailableError, match=r"127\.0\.0\.1:9"):
+            await transport.stream_chat(request("http://127.0.0.1:9"), lambda c, t: None)
+    finally:
+        await transport.aclose()
+
+
+async def test_a_stall_past_the_stream_timeout(scripted: ScriptedOllama) -> None:
+    scripted.enqueue(Script(tokens=("a", "b", "c"), stall_after=1))
+    transport = OllamaTransport(scripted.base_url)
+    try:
+        with pytest.raises(StreamTimeoutError, match="STREAM_TIMEOUT"):
+            await transport.stream_chat(request(scripted.base_url, timeout=0.2), lambda c, t: None)
+    finally:
+        await transport.aclose()
+    record = await asyncio.to_thread(scripted.wait_for_disconnect, 0, WAIT)
+    assert record.disconnected_at is not None
+
+
+async def test_cancelling_the_caller_closes_the_connection(scripted: ScriptedOllama) -> None:
+    scripted.enqueue(Script(tokens=tuple("abcdefghij"), delay=0.5))
+    transport = OllamaTransport(scripted.base_url)
+    first = asyncio.Event()
+    task = asyncio.ensure_future(
+        transport.stream_chat(request(scripted.base_url), lambda c, t: first.set())
+    )
+    try:
+        async with asyncio.timeout(WAIT):
+            await first.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        record = await asyncio.to_thread(scripted.wait_for_disconnect, 0, WAIT)
+    finally:
+        await transport.aclose()
+    assert record.outcome == "client_disconnected"
+    assert record.tokens_sent < 10
+
+
+async def test_version_and_models(scripted: ScriptedOllama) -> None:
+    transport = OllamaTransport(scripted.base_url)
+    try:
+        assert await transport.version(timeout=WAIT)
+        assert f"{SCRIPTED_MODEL}:latest" in await transport.list_models(timeout=WAIT)
+    finally:
+        await transport.aclose()
