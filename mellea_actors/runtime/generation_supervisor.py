@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -250,9 +251,20 @@ class GenerationSupervisor(RuntimeActor):
             model=gen.request.model,
             host=gen.request.host,
         )
-        gen.task = self.actor_loop.loop.create_task(
+        task = self.actor_loop.loop.create_task(
             self._generate(gen, gen.attempt), name=f"generator-{gen.request.request_id}"
         )
+        task.add_done_callback(functools.partial(self._generator_done, gen, gen.attempt))
+        gen.task = task
+
+    def _generator_done(self, gen: _Generation, attempt: int, task: asyncio.Task[None]) -> None:
+        """A generator task ended (loop thread). A task cancelled before its first step never
+        ran ``_generate``, so nobody told its thunk: end the thunk here, as ``_generate`` would.
+        """
+        if task.cancelled():
+            self._end_cancelled(gen)
+            rid = gen.request.request_id
+            self._report(GeneratorExited(rid, attempt, gen.deltas, cancelled=True))
 
     @handles(CancelGeneration)
     def _on_cancel(self, message: CancelGeneration) -> bool:
