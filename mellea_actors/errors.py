@@ -12,8 +12,9 @@ backend keep the original exception (from the ``ollama`` client or ``httpx``) as
     │   │   └── CircuitOpenError              failing fast: the host's circuit breaker is open
     │   ├── ModelNotFoundError                the host answered; it does not have the model
     │   ├── BackendResponseError              HTTP 4xx/5xx, or an ``{"error": …}`` line mid-stream
-    │   ├── StreamDroppedError                the connection closed before the final chunk
-    │   └── StreamTimeoutError                no chunk arrived for ``STREAM_TIMEOUT`` seconds
+    │   ├── ProtocolMismatchError             the host answered, but not in Ollama's protocol
+    │   ├── StreamDroppedError                the connection closed before the final object
+    │   └── StreamTimeoutError                nothing arrived for ``STREAM_TIMEOUT`` seconds
     ├── ThunkError
     │   ├── SingleReaderError (also RuntimeError)   a second reader while another one waits
     │   └── GenerationCancelledError          waiting for a value that a cancel made final
@@ -40,6 +41,7 @@ __all__ = [
     "InvalidVerdictError",
     "MelleaActorsError",
     "ModelNotFoundError",
+    "ProtocolMismatchError",
     "RuntimeClosedError",
     "SingleReaderError",
     "StreamDroppedError",
@@ -112,6 +114,13 @@ class BackendResponseError(BackendError):
     @property
     def transient(self) -> bool:  # type: ignore[override]
         return self.status_code >= 500
+
+
+class ProtocolMismatchError(BackendError):
+    """The host answered HTTP 200, but not with Ollama's NDJSON (e.g. an HTML page, or a proxy).
+
+    The message names the host and shows the first bytes of what came back.
+    """
 
 
 class StreamDroppedError(BackendError):

@@ -14,6 +14,7 @@ from mellea_actors.errors import (
     BackendResponseError,
     BackendUnavailableError,
     ModelNotFoundError,
+    ProtocolMismatchError,
     StreamDroppedError,
     StreamTimeoutError,
 )
@@ -134,3 +135,47 @@ async def test_version_and_models(scripted: ScriptedOllama) -> None:
         assert f"{SCRIPTED_MODEL}:latest" in await transport.list_models(timeout=WAIT)
     finally:
         await transport.aclose()
+
+
+@pytest.mark.parametrize("separator", ["\u0085", "\u2028", "\u2029", "\r", "\x1c"])
+async def test_unicode_line_separators_inside_a_delta_keep_the_stream(
+    scripted: ScriptedOllama, separator: str
+) -> None:
+    """Regression: the ollama client split NDJSON like str.splitlines(), so a delta holding
+    U+0085, U+2028 or U+2029 (which Ollama writes raw) cut the JSON line and lost the rest."""
+    tokens = ("before", f" a{separator}b", " after", ".")
+    scripted.enqueue(Script(tokens=tokens))
+    transport = OllamaTransport(scripted.base_url)
+    deltas: list[str] = []
+    try:
+        await transport.stream_chat(request(scripted.base_url), lambda c, _t: deltas.append(c))
+    finally:
+        await transport.aclose()
+    assert deltas == list(tokens)
+
+
+async def test_a_200_answer_that_is_not_ndjson_names_the_host_and_shows_it() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b"<html><body>Welcome to nginx!</body></html>\n"
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    host = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    transport = OllamaTransport(host)
+    try:
+        with pytest.raises(ProtocolMismatchError) as caught:
+            await transport.stream_chat(request(host), lambda c, t: None)
+    finally:
+        await transport.aclose()
+        server.close()
+        await server.wait_closed()
+    message = str(caught.value)
+    assert host in message and "Welcome to nginx" in message and "Ollama protocol" in message

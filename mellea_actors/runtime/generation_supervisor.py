@@ -70,18 +70,9 @@ from mellea_actors.runtime.restart_policy import RestartIntensity, RestartPolicy
 
 if TYPE_CHECKING:
     from mellea_actors.runtime.log import SupervisionLog
-    from mellea_actors.transport.ollama_http import DeltaCallback
+    from mellea_actors.transport.ollama_http import DeltaCallback, FinalObject
 
-__all__ = ["ChatTransport", "FinalObject", "GenerationSupervisor"]
-
-
-class FinalObject(Protocol):
-    """What the supervisor reads from the last streamed object (``done=True``)."""
-
-    done_reason: str | None
-    prompt_eval_count: int | None
-    eval_count: int | None
-    total_duration: int | None
+__all__ = ["ChatTransport", "GenerationSupervisor"]
 
 
 class ChatTransport(Protocol):

@@ -1,7 +1,14 @@
-"""The Ollama transport: streamed ``/api/chat`` through ``ollama.AsyncClient``, errors mapped.
+"""The Ollama transport: streamed ``/api/chat`` over httpx, errors mapped once, here.
 
 One :class:`OllamaTransport` per Ollama host. It must be used from a single event loop (the
 runtime's actor loop): the underlying ``httpx.AsyncClient`` pool is bound to it.
+
+The ``ollama.AsyncClient`` provides the HTTP client (its headers and host handling) and the
+management calls (``/api/tags``); the chat stream itself is read here, as NDJSON split on
+``\n`` only. (The client's own reader splits with ``str.splitlines()``, which also breaks at
+U+0085, U+2028 and U+2029 — characters Ollama writes raw inside JSON strings — and then loses
+the rest of the stream to a ``JSONDecodeError``.) Only the fields the runtime needs are read
+from each object: no pydantic model per delta.
 
 Cancellation: cancelling the task that awaits :meth:`OllamaTransport.stream_chat` closes the
 HTTP connection at once (httpx never returns a half-read response to its pool), even while Ollama
@@ -20,6 +27,7 @@ builtin ``ConnectionError``
 ``ResponseError`` status -1 (error line mid-stream) :class:`BackendResponseError` (status_code=-1)
 ``httpx.RemoteProtocolError``, ``ReadError``, end   :class:`StreamDroppedError`
 of stream without the final ``done`` object
+a 200 answer that is not NDJSON objects             :class:`ProtocolMismatchError` (first bytes)
 no delta for ``stream_timeout`` seconds             :class:`StreamTimeoutError`
 =================================================  =======================================
 """
@@ -27,7 +35,9 @@ no delta for ``stream_timeout`` seconds             :class:`StreamTimeoutError`
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
@@ -39,16 +49,54 @@ from mellea_actors.errors import (
     BackendResponseError,
     BackendUnavailableError,
     ModelNotFoundError,
+    ProtocolMismatchError,
     StreamDroppedError,
     StreamTimeoutError,
 )
 from mellea_actors.transport.chat_request import GenerationRequest
 
-__all__ = ["DEFAULT_HOST", "DeltaCallback", "OllamaTransport", "map_error", "normalize_host"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DeltaCallback",
+    "FinalObject",
+    "OllamaTransport",
+    "map_error",
+    "normalize_host",
+]
 
 DEFAULT_HOST = "http://127.0.0.1:11434"
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class FinalObject:
+    """What the runtime reads from the last streamed object (``done=true``)."""
+
+    done_reason: str | None
+    prompt_eval_count: int | None
+    eval_count: int | None
+    total_duration: int | None
+
+
+def _chat_body(request: GenerationRequest) -> dict[str, Any]:
+    """The JSON body of ``POST /api/chat`` (``None`` fields left out, as the client does)."""
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": [m.model_dump(exclude_none=True) for m in request.messages],
+        "stream": True,
+    }
+    if request.options:
+        body["options"] = dict(request.options)
+    if request.format is not None:
+        body["format"] = (
+            dict(request.format) if isinstance(request.format, Mapping) else request.format
+        )
+    if request.think is not None:
+        body["think"] = request.think
+    if request.keep_alive is not None:
+        body["keep_alive"] = request.keep_alive
+    return body
 
 
 def normalize_host(host: str | None) -> str:
@@ -177,7 +225,7 @@ class OllamaTransport:
 
     async def stream_chat(
         self, request: GenerationRequest, on_delta: DeltaCallback
-    ) -> ollama.ChatResponse:
+    ) -> FinalObject:
         """Stream one chat: ``on_delta`` gets every delta with text; returns the final object.
 
         The final object is the one with ``done=True`` (``done_reason``, ``eval_count``, …).
@@ -185,35 +233,18 @@ class OllamaTransport:
         block. Raises a :class:`BackendError` subclass (see the module docstring). Cancelling the
         calling task closes the connection at once.
         """
-        client = self._ensure_client()
+        http = http_client_of(self._ensure_client())
         assert self._slots is not None
         loop = asyncio.get_running_loop()
         timeout = request.stream_timeout
-        final: ollama.ChatResponse | None = None
-        fmt = dict(request.format) if isinstance(request.format, Mapping) else request.format
         async with self._slots:
             watchdog = None if timeout is None else _Watchdog(loop, timeout)
             try:
-                stream = await client.chat(
-                    model=request.model,
-                    messages=[m.model_dump(exclude_none=True) for m in request.messages],
-                    options=dict(request.options) or None,
-                    format=fmt,
-                    think=request.think,
-                    keep_alive=request.keep_alive,
-                    stream=True,
-                )
-                try:
-                    async for part in stream:
-                        if watchdog is not None:
-                            watchdog.feed()
-                        message = part.message
-                        if message.content or message.thinking:
-                            on_delta(message.content or "", message.thinking or "")
-                        if part.done:
-                            final = part
-                finally:
-                    await stream.aclose()  # type: ignore[attr-defined]
+                async with http.stream("POST", "/api/chat", json=_chat_body(request)) as response:
+                    if response.status_code >= 400:
+                        text = (await response.aread()).decode("utf-8", "replace")
+                        raise ollama.ResponseError(text, response.status_code)
+                    final = await self._read_stream(response, request, on_delta, watchdog)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if watchdog is None or not watchdog.fired or task is None or task.uncancel():
@@ -231,13 +262,73 @@ class OllamaTransport:
             finally:
                 if watchdog is not None:
                     watchdog.close()
-        if final is None:
-            raise StreamDroppedError(
-                f"the stream from Ollama at {self.host} ended without its final object (done=true)",
+        return final
+
+    async def _read_stream(
+        self,
+        response: httpx.Response,
+        request: GenerationRequest,
+        on_delta: DeltaCallback,
+        watchdog: _Watchdog | None,
+    ) -> FinalObject:
+        """Read NDJSON objects until the final one; split on ``\n`` only."""
+        pending = b""
+        async for data in response.aiter_bytes():
+            if watchdog is not None:
+                watchdog.feed()
+            pending += data
+            start = 0
+            while (end := pending.find(b"\n", start)) != -1:
+                line = pending[start:end]
+                start = end + 1
+                if line.strip():
+                    final = self._on_line(line, request, on_delta)
+                    if final is not None:
+                        return final
+            pending = pending[start:]
+        if pending.strip():  # a last object without its newline
+            final = self._on_line(pending, request, on_delta)
+            if final is not None:
+                return final
+        raise StreamDroppedError(
+            f"the stream from Ollama at {self.host} ended without its final object (done=true)",
+            host=self.host,
+            model=request.model,
+        )
+
+    def _on_line(
+        self, line: bytes, request: GenerationRequest, on_delta: DeltaCallback
+    ) -> FinalObject | None:
+        """One NDJSON object: deliver its delta; the final object, or None."""
+        try:
+            part = json.loads(line)
+        except ValueError:
+            part = None
+        if not isinstance(part, dict):
+            raise ProtocolMismatchError(
+                f"the host at {self.host} does not speak the Ollama protocol: /api/chat "
+                f"answered 200 with {line[:120]!r} (expected one JSON object per line); is "
+                "base_url / OLLAMA_HOST an Ollama server?",
                 host=self.host,
                 model=request.model,
             )
-        return final
+        error = part.get("error")
+        if error:
+            raise ollama.ResponseError(str(error))
+        message = part.get("message")
+        if isinstance(message, dict):
+            content = message.get("content") or ""
+            thinking = message.get("thinking") or ""
+            if content or thinking:
+                on_delta(content, thinking)
+        if part.get("done"):
+            return FinalObject(
+                done_reason=part.get("done_reason"),
+                prompt_eval_count=part.get("prompt_eval_count"),
+                eval_count=part.get("eval_count"),
+                total_duration=part.get("total_duration"),
+            )
+        return None
 
     async def _bounded(self, call: Awaitable[T], timeout: float, what: str) -> T:
         """Await a short request to the host, with a timeout and our errors."""
