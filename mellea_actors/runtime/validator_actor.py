@@ -18,6 +18,10 @@ validators run concurrently.
 Ownership (trio-style): the actor, its queue, its worker task and the check object all live on
 the runtime's :class:`~mellea_actors.runtime.loop.ActorLoop` thread; nothing else touches the
 check while the actor lives. Askers on any thread or loop get the reply through the pykka future.
+The :class:`ValidationCheck` Protocol and the fault policies are part of the contract between
+``stream_with_chunking``'s facade and its engine (:mod:`mellea_actors.runtime.stream_contract`);
+what a fault means for a stream's user is stated by the facade
+(:mod:`mellea_actors.stdlib.streaming`).
 
 Deadline and faults. Each check call has a deadline of ``timeout`` seconds (counted from the
 moment the worker starts that call, not from the ask; ``None``: no deadline). A check that
@@ -45,7 +49,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mellea_actors.errors import (
     InvalidInputError,
@@ -53,13 +57,15 @@ from mellea_actors.errors import (
     ValidatorError,
     ValidatorTimeoutError,
 )
-from mellea_actors.runtime.loop import ActorLoop, LoopActor
+from mellea_actors.runtime.actor_base import RuntimeActor, handles
+from mellea_actors.runtime.loop import ActorLoop
 from mellea_actors.runtime.messages import StopValidation, ValidateChunk, ValidateFinal
+from mellea_actors.runtime.stream_contract import FAULT_POLICIES, FaultPolicy, ValidationCheck
 
 if TYPE_CHECKING:
     from mellea_actors.runtime.log import SupervisionLog
 
-__all__ = [
+__all__ = [  # the policy and the check's Protocol live in runtime.stream_contract
     "FAULT_POLICIES",
     "FaultPolicy",
     "InvalidVerdictError",
@@ -68,50 +74,6 @@ __all__ = [
     "ValidatorError",
     "ValidatorTimeoutError",
 ]
-
-FaultPolicy = Literal["fail", "unknown"]
-FAULT_POLICIES: tuple[FaultPolicy, ...] = ("fail", "unknown")
-
-
-class ValidationCheck(Protocol):
-    """What a validator runs; the facade adapts a requirement copy to this.
-
-    Every method is called on the actor loop thread, by one validator only.
-    """
-
-    @property
-    def label(self) -> str:
-        """A short human-readable name (for logs and error messages)."""
-        ...
-
-    async def check_chunk(self, index: int, text: str) -> Any:
-        """The verdict on one chunk; raise :class:`InvalidVerdictError` for a non-verdict."""
-        ...
-
-    async def check_final(self) -> Any:
-        """The final validation result of the complete output."""
-        ...
-
-    def is_fail(self, verdict: Any) -> bool:
-        """True for a "fail" verdict."""
-        ...
-
-    def final_passed(self, result: Any) -> bool:
-        """True for a passed final validation."""
-        ...
-
-    def unknown(self, reason: str) -> Any:
-        """An "unknown" verdict with this reason."""
-        ...
-
-    def fail(self, reason: str) -> Any:
-        """A "fail" verdict with this reason."""
-        ...
-
-    def final_failed(self, reason: str) -> Any:
-        """A failed final validation result with this reason."""
-        ...
-
 
 _E = TypeVar("_E", bound="ValidatorError")
 
@@ -123,7 +85,7 @@ def _fault(cls: type[_E], message: str, validator: str, index: int | None) -> _E
     return err
 
 
-class ValidatorActor(LoopActor):
+class ValidatorActor(RuntimeActor):
     """Runs one check over a stream's chunks, in order; see the module docstring.
 
     Args:
@@ -135,6 +97,9 @@ class ValidatorActor(LoopActor):
         actor_id / parent_id / thunk_id: identities for the supervision log.
         registry: a mapping the actor is listed in (``actor_id -> kind``) while it lives.
         stop_timeout: how long ``StopValidation`` waits for a cancelled check to unwind.
+
+    State (``_queue``, ``_worker``, ``_current``, ``_stop_reason``, ``checked``) is owned by the
+    actor and touched on the loop thread only: by its handlers, its hooks and its worker task.
     """
 
     kind = "validator"
@@ -153,17 +118,14 @@ class ValidatorActor(LoopActor):
         registry: MutableMapping[str, str] | None = None,
         stop_timeout: float = 5.0,
     ) -> None:
-        super().__init__(actor_loop)
+        super().__init__(actor_loop, log=log, actor_id=actor_id, parent_id=parent_id)
         if on_fault not in FAULT_POLICIES:
             raise InvalidInputError(f"on_fault must be one of {FAULT_POLICIES}, got {on_fault!r}")
         self.check = check
         self.timeout = timeout
         self.on_fault: FaultPolicy = on_fault
-        self.log = log
-        self.actor_id = actor_id
-        self.parent_id = parent_id
-        self.thunk_id = thunk_id
         self.stop_timeout = stop_timeout
+        self._thunk_id = thunk_id
         self._registry = registry
         # loop thread only:
         self._queue: asyncio.Queue[tuple[Any, asyncio.Future[Any]]] | None = None
@@ -173,8 +135,10 @@ class ValidatorActor(LoopActor):
         self.checked = 0
         """Chunks judged so far (verdicts given, substitutes included)."""
 
-    def __str__(self) -> str:
-        return self.actor_id
+    @property
+    def thunk_id(self) -> str | None:
+        """The request id of the attempt this validator judges (``thunk`` of its records)."""
+        return self._thunk_id
 
     # lifecycle -------------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -182,15 +146,15 @@ class ValidatorActor(LoopActor):
             self._registry[self.actor_id] = self.kind
         self._queue = asyncio.Queue()
         self._worker = self.actor_loop.loop.create_task(self._work(), name=self.actor_id)
-        self._emit("actor_started", check=self.check.label)
+        self.emit("actor_started", check=self.check.label)
 
     def on_stop(self) -> None:
         self._teardown()
-        self._emit("actor_stopped", reason=self._stop_reason, checked=self.checked)
+        self.emit("actor_stopped", reason=self._stop_reason, checked=self.checked)
 
     def on_crash(self, exc_info: Any) -> None:
         self._teardown()
-        self._emit("actor_crashed", reason=repr(exc_info[1]))
+        self.emit("actor_crashed", reason=repr(exc_info[1]))
 
     def _teardown(self) -> None:
         if self._worker is not None and not self._worker.done():
@@ -204,26 +168,18 @@ class ValidatorActor(LoopActor):
         if self._registry is not None:
             self._registry.pop(self.actor_id, None)
 
-    def _emit(self, event: str, **fields: Any) -> None:
-        self.log.emit(
-            event,
-            actor=self.actor_id,
-            kind=self.kind,
-            parent=self.parent_id,
-            thunk=self.thunk_id,
-            **fields,
-        )
-
     # mailbox ---------------------------------------------------------------------------------
-    def on_receive(self, message: Any) -> Any:
-        if type(message) is ValidateChunk or type(message) is ValidateFinal:
-            assert self._queue is not None
-            fut: asyncio.Future[Any] = self.actor_loop.loop.create_future()
-            self._queue.put_nowait((message, fut))
-            return fut
-        if isinstance(message, StopValidation):
-            return self._shutdown(message.reason)
-        raise TypeError(f"{self} does not understand {type(message).__name__}")
+    @handles(ValidateChunk, ValidateFinal)
+    def _on_request(self, message: ValidateChunk | ValidateFinal) -> asyncio.Future[Any]:
+        """Queue the request for the worker; the reply is deferred until it was judged."""
+        assert self._queue is not None
+        fut: asyncio.Future[Any] = self.actor_loop.loop.create_future()
+        self._queue.put_nowait((message, fut))
+        return fut
+
+    @handles(StopValidation)
+    def _on_stop_validation(self, message: StopValidation) -> Any:
+        return self._shutdown(message.reason)
 
     async def _shutdown(self, reason: str) -> int:
         self._stop_reason = reason
@@ -232,7 +188,7 @@ class ValidatorActor(LoopActor):
             worker.cancel()
             await asyncio.wait({worker}, timeout=self.stop_timeout)
             if not worker.done():
-                self._emit(
+                self.emit(
                     "validator_stuck",
                     reason=f"its check ignored cancellation for {self.stop_timeout} s",
                 )
@@ -269,7 +225,7 @@ class ValidatorActor(LoopActor):
                 fut.set_result(result)
             if index is not None and self.check.is_fail(result):
                 reason = getattr(result, "reason", None)
-                self._emit("verdict_fail", reason=reason, chunk_index=index)
+                self.emit("verdict_fail", reason=reason, chunk_index=index)
 
     async def _judge(self, index: int | None, text: str | None) -> Any:
         """Run one check call under the deadline; apply the fault policy to a fault."""
@@ -319,7 +275,7 @@ class ValidatorActor(LoopActor):
 
     def _on_fault(self, fault: ValidatorError, index: int | None) -> Any:
         reason = str(fault)
-        self._emit(
+        self.emit(
             "validator_failed",
             reason=reason,
             error_type=type(fault).__name__,

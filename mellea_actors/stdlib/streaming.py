@@ -2,10 +2,15 @@
 
 :func:`stream_with_chunking` starts a streamed generation and returns a
 :class:`StreamChunkingResult` at once. The work runs on the session's actor runtime: a stream
-actor (:mod:`mellea_actors.runtime.stream_actor`) reads the generation, splits it into chunks with
-a :class:`ChunkingStrategy`, and has one validator actor per requirement (in
-:mod:`mellea_actors.runtime.validator_actor`) judge every chunk with ``stream_validate``. This
-module is the thin public face: arguments, the requirement adapter, the result and its events.
+actor reads the generation's deltas (what Ollama sends per streamed object), cuts them into
+chunks with a :class:`ChunkingStrategy`, and has one validator actor per requirement judge every
+chunk with ``stream_validate``. This module is the public face and states the public contract,
+here and only here; how the engine implements it (messages, ownership, ordering) is stated by
+:mod:`mellea_actors.runtime.stream_actor`, :mod:`mellea_actors.runtime.validator_actor` and
+:mod:`mellea_actors.runtime.stream_journal`, which meet this module through the types of
+:mod:`mellea_actors.runtime.stream_contract`. The events live in
+:mod:`mellea_actors.stdlib.stream_events`, the requirement and chunker adapters in
+:mod:`mellea_actors.stdlib.stream_checks`; everything public is re-exported here.
 
 Semantics, precisely
 --------------------
@@ -52,8 +57,15 @@ Semantics, precisely
   a cancel by the consumer: ``CompletedEvent(success=False)``; a retry (opt-in, below): the
   abandoned attempt's events, ``RetryEvent``, then the new attempt's events from chunk 0.
   ``CompletedEvent`` is always last.
+* **The end.** However the run ends — natural end, "fail", error, cancel, the session closing
+  (an error: ``RuntimeClosedError``) — once it is over (``done()``, ``CompletedEvent``,
+  ``acomplete()`` returned or raised) its generation has ended (the HTTP stream is closed), every
+  validator has stopped (no validation code runs any more; a check that ignores its
+  cancellation is logged ``validator_stuck`` and abandoned after 5 s) and no actor or task of the
+  run is left (:func:`live_stream_actors`).
 * **Consumer cancel.** :meth:`StreamChunkingResult.cancel` and leaving ``async with result:``
-  before the end cancel the generation and the validators and wait (bounded) until both stopped.
+  before the end end the run as above and return once it is over (bounded); it is no error
+  (``acomplete()`` does not raise; ``cancelled`` is True) and a no-op once the run is over.
   Leaving ``astream()``/``events()`` early does *not* cancel (they are independent views).
 * **Retry from scratch** (opt-in: ``max_retries=n``; default 0, a single attempt as in Mellea).
   Before any text arrives, the generation supervisor already restarts transient transport
@@ -89,9 +101,11 @@ Semantics, precisely
   attempt, then the new attempt's chunks; ``events()`` is the view that tells (``RetryEvent``).
 
 Threads and loops: the result may be consumed from any event loop on any thread (typically the
-caller's ``asyncio.run`` loop, while the runtime runs on its own loop thread). The runtime is the
-only writer of the result's state; the consumer's waits are woken with ``call_soon_threadsafe``
-and are all cancellable; ``acomplete``/``cancel`` accept timeouts.
+caller's ``asyncio.run`` loop, while the runtime runs on its own loop thread). The result holds
+no state of its own: it reads the run's journal, which only the runtime writes (on its loop
+thread) except for the consumer's bookkeeping (which view was taken, whether the error was
+surfaced), kept under the journal's lock. Every wait is cancellable; ``acomplete``/``cancel``
+accept timeouts.
 """
 
 from __future__ import annotations
@@ -99,14 +113,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import inspect
 import math
-import threading
-import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pykka
 
@@ -122,32 +131,41 @@ from mellea_actors.core.requirement import (
 from mellea_actors.errors import (
     AskTimeoutError,
     InvalidInputError,
+    InvalidVerdictError,
     RuntimeClosedError,
     SingleReaderError,
-)
-from mellea_actors.runtime.loop import ask_async
-from mellea_actors.runtime.messages import CancelStream
-from mellea_actors.runtime.stream_actor import (
-    StreamActor,
-    StreamAttempt,
-    StreamOutcome,
-    live_stream_actors,
-)
-from mellea_actors.runtime.system import ActorSystem
-from mellea_actors.runtime.validator_actor import (
-    FAULT_POLICIES,
-    InvalidVerdictError,
     ValidatorError,
     ValidatorTimeoutError,
 )
+from mellea_actors.runtime.loop import ask_async
+from mellea_actors.runtime.messages import CancelStream
+from mellea_actors.runtime.stream_actor import StreamActor, live_stream_actors
+from mellea_actors.runtime.stream_contract import FAULT_POLICIES, StreamAttempt
+from mellea_actors.runtime.stream_journal import ChannelIterator, StreamJournal
+from mellea_actors.runtime.system import ActorSystem
 from mellea_actors.stdlib.chunking import (
     ChunkingStrategy,
-    ChunkTracker,
     ParagraphChunker,
     SentenceChunker,
     WordChunker,
     resolve_chunking,
-    validate_chunks,
+)
+from mellea_actors.stdlib.stream_checks import (
+    AttemptData,
+    chunker_factory,
+    copy_requirement,
+    make_attempt,
+)
+from mellea_actors.stdlib.stream_events import (
+    EVENTS,
+    ChunkEvent,
+    CompletedEvent,
+    ErrorEvent,
+    FullValidationEvent,
+    QuickCheckEvent,
+    RetryEvent,
+    StreamEvent,
+    StreamingDoneEvent,
 )
 
 if TYPE_CHECKING:
@@ -179,476 +197,37 @@ __all__ = [
 #: Default deadline of one ``stream_validate``/``validate`` call, in seconds.
 DEFAULT_VALIDATOR_TIMEOUT = 30.0
 
-T = TypeVar("T")
-
-
-# --------------------------------------------------------------------------------------------
-# Events
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class StreamEvent:
-    """Base class of the events of :meth:`StreamChunkingResult.events`.
-
-    ``timestamp`` (Unix time, seconds) is set automatically when the event is created; it is not
-    an ``__init__`` argument.
-    """
-
-    timestamp: float = field(default_factory=time.time, init=False)
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkEvent(StreamEvent):
-    """A chunk was delivered (every requirement answered non-"fail" for it).
-
-    Args:
-        text: the chunk.
-        chunk_index: its 0-based position in the attempt's output.
-        attempt: the attempt number (1; 2, 3, … after retries, see :class:`RetryEvent`).
-    """
-
-    text: str
-    chunk_index: int
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class QuickCheckEvent(StreamEvent):
-    """The per-chunk verdicts of every requirement (only emitted with requirements).
-
-    Args:
-        chunk_index: the chunk judged.
-        attempt: the attempt number.
-        passed: True if no requirement answered "fail".
-        results: one ``PartialValidationResult`` per requirement, in requirement order (on a
-            fail, requirements that had not answered yet are reported "unknown").
-    """
-
-    chunk_index: int
-    attempt: int
-    passed: bool
-    results: list[PartialValidationResult]
-
-
-@dataclass(frozen=True, slots=True)
-class StreamingDoneEvent(StreamEvent):
-    """The stream ended naturally and every chunk (flushed ones too) was delivered.
-
-    Args:
-        attempt: the attempt number.
-        full_text: the whole generated text (of this attempt).
-    """
-
-    attempt: int
-    full_text: str
-
-
-@dataclass(frozen=True, slots=True)
-class FullValidationEvent(StreamEvent):
-    """The final ``validate()`` calls finished (only emitted with requirements).
-
-    Args:
-        attempt: the attempt number.
-        passed: True if every final validation passed.
-        results: one ``ValidationResult`` per requirement, in requirement order.
-    """
-
-    attempt: int
-    passed: bool
-    results: list[ValidationResult]
-
-
-@dataclass(frozen=True, slots=True)
-class RetryEvent(StreamEvent):
-    """The previous attempt was abandoned and attempt ``attempt`` starts from scratch.
-
-    Only with ``stream_with_chunking(..., max_retries=n)``, ``n > 0``, after a transient backend
-    error (see the module docstring). Every chunk delivered before it belongs to the abandoned
-    attempt; every later event carries ``attempt`` and chunk indices restart at 0.
-
-    Args:
-        attempt: the attempt about to start (2, 3, …).
-        reason: the error that ended the previous attempt, on one line (its type and message).
-    """
-
-    attempt: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class CompletedEvent(StreamEvent):
-    """The run is over; always the last event.
-
-    Args:
-        success: ``result.completed``: natural end, no "fail", no error, every final
-            validation passed.
-        full_text: ``result.full_text`` (of the final attempt).
-        attempts_used: the attempts made (1 + the retries).
-    """
-
-    success: bool
-    full_text: str
-    attempts_used: int
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorEvent(StreamEvent):
-    """The run failed with an exception (backend, chunker, validator, runtime).
-
-    Args:
-        exception_type: the exception's class name (e.g. ``"ValidatorTimeoutError"``).
-        detail: ``str()`` of the exception.
-    """
-
-    exception_type: str
-    detail: str
-
-
-# --------------------------------------------------------------------------------------------
-# Cross-thread plumbing (producer: the runtime's loop thread; consumer: any loop)
-# --------------------------------------------------------------------------------------------
-def _wake(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None]) -> None:
-    def resolve() -> None:
-        if not fut.done():
-            fut.set_result(None)
-
-    with contextlib.suppress(RuntimeError):  # the consumer's loop is closed: nobody to wake
-        loop.call_soon_threadsafe(resolve)
-
-
-class _Channel(Generic[T]):
-    """An unbounded FIFO: one producer thread, one consumer coroutine on any loop.
-
-    ``put``/``close`` never block. ``get`` waits (cancellably; nothing is lost by a cancel) and
-    raises ``StopAsyncIteration`` once the channel is closed and drained; a second coroutine
-    calling ``get`` while one waits gets ``SingleReaderError`` at once (never a lost wake-up).
-    """
-
-    __slots__ = ("_closed", "_items", "_lock", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: deque[T] = deque()
-        self._closed = False
-        self._lock = threading.Lock()
-        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
-
-    def put(self, item: T) -> None:
-        with self._lock:
-            self._items.append(item)
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            _wake(*waiter)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            _wake(*waiter)
-
-    async def get(self) -> T:
-        while True:
-            with self._lock:
-                if self._items:
-                    return self._items.popleft()
-                if self._closed:
-                    raise StopAsyncIteration
-                if self._waiter is not None and not self._waiter[1].done():
-                    raise SingleReaderError(
-                        "two coroutines are iterating the same events()/astream() iterator at "
-                        "once; each has a single consumer"
-                    )
-                loop = asyncio.get_running_loop()
-                fut: asyncio.Future[None] = loop.create_future()
-                self._waiter = (loop, fut)
-            try:
-                await fut
-            finally:
-                with self._lock:
-                    if self._waiter is not None and self._waiter[1] is fut:
-                        self._waiter = None
-
-
-class _Signal:
-    """A one-shot flag settable from one thread and awaitable from any loop (or thread)."""
-
-    __slots__ = ("_event", "_lock", "_waiters")
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-
-    def set(self) -> None:
-        with self._lock:
-            self._event.set()
-            waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            _wake(*waiter)
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    async def wait(self) -> None:
-        if self._event.is_set():
-            return
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            if self._event.is_set():
-                return
-            entry = (loop, fut)
-            self._waiters.append(entry)
-        try:
-            await fut
-        finally:
-            with self._lock:
-                if entry in self._waiters:
-                    self._waiters.remove(entry)
-
-    def wait_sync(self, timeout: float | None) -> bool:
-        return self._event.wait(timeout)
-
-
-class _ChannelIterator(Generic[T]):
-    """The async iterator returned by ``events()``/``astream()`` (single consumer)."""
-
-    __slots__ = ("_channel", "_on_end")
-
-    def __init__(self, channel: _Channel[T], on_end: Callable[[], None] | None = None) -> None:
-        self._channel = channel
-        self._on_end = on_end
-
-    def __aiter__(self) -> _ChannelIterator[T]:
-        return self
-
-    async def __anext__(self) -> T:
-        try:
-            return await self._channel.get()
-        except StopAsyncIteration:
-            on_end, self._on_end = self._on_end, None
-            if on_end is not None:
-                on_end()
-            raise
-
-
-# --------------------------------------------------------------------------------------------
-# Adapters handed to the runtime
-# --------------------------------------------------------------------------------------------
-def _label(requirement: Requirement) -> str:
-    name = type(requirement).__name__
-    description = getattr(requirement, "description", None)
-    if isinstance(description, str) and description:
-        short = description if len(description) <= 60 else description[:59] + "…"
-        return f"{name}({short!r})"
-    return name
-
-
-class _RequirementCheck:
-    """A requirement copy as a runtime ``ValidationCheck`` (used on the actor loop only)."""
-
-    __slots__ = ("backend", "ctx", "label", "requirement")
-
-    def __init__(self, requirement: Requirement, backend: Backend, ctx: Context) -> None:
-        self.requirement = requirement
-        self.backend = backend
-        self.ctx = ctx
-        self.label = _label(requirement)
-
-    async def check_chunk(self, index: int, text: str) -> PartialValidationResult:
-        result: Any = self.requirement.stream_validate(text, backend=self.backend, ctx=self.ctx)
-        if inspect.isawaitable(result):
-            result = await result
-        if not isinstance(result, PartialValidationResult):
-            raise InvalidVerdictError(
-                f"{self.label}.stream_validate() returned {type(result).__name__} {result!r} for "
-                f"chunk {index}; expected a PartialValidationResult('pass' | 'fail' | 'unknown')"
-            )
-        return result
-
-    async def check_final(self) -> ValidationResult:
-        result: Any = self.requirement.validate(self.backend, self.ctx)
-        if inspect.isawaitable(result):
-            result = await result
-        if not isinstance(result, ValidationResult):
-            raise InvalidVerdictError(
-                f"{self.label}.validate() returned {type(result).__name__} {result!r}; "
-                "expected a ValidationResult"
-            )
-        return result
-
-    def is_fail(self, verdict: PartialValidationResult) -> bool:
-        return verdict.success == "fail"
-
-    def final_passed(self, result: ValidationResult) -> bool:
-        return result.as_bool()
-
-    def unknown(self, reason: str) -> PartialValidationResult:
-        return PartialValidationResult("unknown", reason=reason)
-
-    def fail(self, reason: str) -> PartialValidationResult:
-        return PartialValidationResult("fail", reason=reason)
-
-    def final_failed(self, reason: str) -> ValidationResult:
-        return ValidationResult(False, reason=reason)
-
-
-class _Segmenter:
-    """A ChunkingStrategy as a runtime ``Segmenter``: new chunks with their source segments.
-
-    Used by the stream's reader task only. Raises ``InvalidInputError`` (naming the strategy) for
-    a chunk that is not the next verbatim piece of the text.
-    """
-
-    __slots__ = ("_end", "_strategy", "_tracker")
-
-    def __init__(self, strategy: ChunkingStrategy) -> None:
-        self._strategy = strategy
-        self._tracker = ChunkTracker(strategy)
-        self._end = 0
-
-    def feed(self, text: str) -> list[tuple[str, str]]:
-        chunks = self._tracker.feed(text)
-        return self._spans(text, chunks, "split") if chunks else []
-
-    def finish(self, text: str) -> list[tuple[str, str]]:
-        chunks = self._tracker.finish(text)
-        return self._spans(text, chunks, "flush") if chunks else []
-
-    def _spans(self, text: str, chunks: Sequence[str], method: str) -> list[tuple[str, str]]:
-        spans: list[tuple[str, str]] = []
-        pos = self._end
-        for chunk in chunks:
-            end = validate_chunks(text, pos, (chunk,), strategy=self._strategy, method=method)
-            spans.append((chunk, text[pos:end]))
-            pos = end
-        self._end = pos
-        return spans
-
-
-# --------------------------------------------------------------------------------------------
-# The result
-# --------------------------------------------------------------------------------------------
-class _ResultSink:
-    """The runtime's ``StreamSink`` for one result; every call comes from the actor loop."""
-
-    __slots__ = ("_result",)
-
-    def __init__(self, result: StreamChunkingResult) -> None:
-        self._result = result
-
-    def quick_check(self, index: int, passed: bool, verdicts: list[Any]) -> None:
-        r = self._result
-        r._events.put(QuickCheckEvent(index, r._attempt, passed, verdicts))
-
-    def chunk(self, index: int, text: str, segment: str) -> None:
-        r = self._result
-        r._segments.append(segment)
-        r._chunks.put(text)
-        r._events.put(ChunkEvent(text, index, r._attempt))
-
-    def failure(self, validator: int, verdict: Any) -> None:
-        r = self._result
-        r._failures.append((r._requirements[validator], verdict))
-
-    def streaming_done(self, text: str) -> None:
-        r = self._result
-        r._natural_text = text
-        r._events.put(StreamingDoneEvent(r._attempt, text))
-
-    def full_validation(self, passed: bool, results: list[Any]) -> None:
-        r = self._result
-        r._final = list(results)
-        r._events.put(FullValidationEvent(r._attempt, passed, list(results)))
-
-    def retry(self, attempt: int, reason: str) -> None:
-        r = self._result
-        staged, r._staged = r._staged, None
-        assert staged is not None and staged[0] == attempt
-        _, mot, ctx, copies = staged
-        r._mot = mot
-        r._ctx = ctx
-        r._requirements = copies
-        r._attempt = attempt
-        r._segments = []  # a new list: full_text's cache is keyed by the list
-        r._natural_text = None
-        r._failures = []
-        r._final = []
-        with r._lock:
-            r._request_ids.append(mot.request_id)
-        r._events.put(RetryEvent(attempt, reason))
-
-    def finish(self, outcome: StreamOutcome) -> None:
-        r = self._result
-        r._outcome = outcome
-        r._error = outcome.error
-        r._completed = outcome.kind == "completed" and outcome.success
-        if outcome.error is not None:
-            r._events.put(ErrorEvent(type(outcome.error).__name__, str(outcome.error)))
-        r._events.put(CompletedEvent(r._completed, r.full_text, r._attempt))
-        r._events.close()
-        r._chunks.close()
-        r._done.set()
-
 
 class StreamChunkingResult:
     """The handle on one :func:`stream_with_chunking` run (see the module docstring).
 
-    Created by :func:`stream_with_chunking` only. The runtime writes its state on its loop
-    thread; every accessor is safe from any thread, and the async methods may be awaited from
-    any event loop.
+    Created by :func:`stream_with_chunking` only. A thin reader of the run's
+    :class:`~mellea_actors.runtime.stream_journal.StreamJournal`: both fields are set here and
+    never written again. Every accessor is safe from any thread, and the async methods may be
+    awaited from any event loop.
     """
 
-    def __init__(
-        self,
-        mot: ModelOutputThunk[Any],
-        ctx: Context,
-        requirements: list[Requirement],
-    ) -> None:
-        self._mot = mot  # the current attempt's generation
-        self._ctx = ctx  # the current attempt's context (after the generation)
-        self._requirements = requirements  # the current validators' copies
-        self._request_id = mot.request_id  # the first attempt's
-        self._request_ids: list[str | None] = [mot.request_id]
-        self._attempt = 1
-        # the next attempt's (attempt, mot, ctx, copies), staged by its factory until installed:
-        self._staged: tuple[int, ModelOutputThunk[Any], Context, list[Requirement]] | None = None
-        self._events: _Channel[StreamEvent] = _Channel()
-        self._chunks: _Channel[str] = _Channel()
-        self._done = _Signal()
-        self._lock = threading.Lock()
-        self._events_taken = False
-        self._chunks_taken = False
-        self._segments: list[str] = []  # the attempt's delivered segments, append-only
-        self._natural_text: str | None = None
-        self._full_cache: tuple[list[str], int, str] | None = None
-        self._failures: list[tuple[Requirement, PartialValidationResult]] = []
-        self._final: list[ValidationResult] = []
-        self._completed = False
-        self._outcome: StreamOutcome | None = None
-        self._error: BaseException | None = None
-        self._surfaced = False
-        self._thunk: ModelOutputThunk[str] | None = None
-        self._actor: pykka.ActorRef[Any] | None = None
-        self._sink = _ResultSink(self)
+    def __init__(self, journal: StreamJournal[StreamEvent], actor: pykka.ActorRef[Any]) -> None:
+        self._journal = journal
+        self._actor = actor  # the stream actor (asked CancelStream by cancel())
 
     # -- consuming ---------------------------------------------------------------------------
-    def events(self) -> _ChannelIterator[StreamEvent]:
+    def events(self) -> ChannelIterator[StreamEvent]:
         """Async iterator over the typed events, ending after :class:`CompletedEvent`.
 
         Single consumer: a second call raises :class:`SingleReaderError` at once. Independent of
         :meth:`astream` (both may be consumed concurrently, or only one of them). Leaving the
         iteration early does not cancel the stream.
         """
-        with self._lock:
-            if self._events_taken:
-                raise SingleReaderError(
-                    f"events() of stream {self.request_id} was already called; it has a single "
-                    "consumer (use astream() for a second view of the chunks)"
-                )
-            self._events_taken = True
-        return _ChannelIterator(self._events)
+        events = self._journal.take_events()
+        if events is None:
+            raise SingleReaderError(
+                f"events() of stream {self.request_id} was already called; it has a single "
+                "consumer (use astream() for a second view of the chunks)"
+            )
+        return events
 
-    def astream(self) -> _ChannelIterator[str]:
+    def astream(self) -> ChannelIterator[str]:
         """Async iterator over the validated chunk texts, in order.
 
         Ends when the run ends; if the run failed with an error (backend, chunker, validator
@@ -661,14 +240,13 @@ class StreamChunkingResult:
         nothing in between: the text of an abandoned attempt may be followed by the chunks of
         the next one. Use :meth:`events` (its :class:`RetryEvent`) to tell them apart.
         """
-        with self._lock:
-            if self._chunks_taken:
-                raise SingleReaderError(
-                    f"astream() of stream {self.request_id} was already called; it has a single "
-                    "consumer (use events() for a second view of the chunks)"
-                )
-            self._chunks_taken = True
-        return _ChannelIterator(self._chunks, self._surface)
+        chunks = self._journal.take_chunks()
+        if chunks is None:
+            raise SingleReaderError(
+                f"astream() of stream {self.request_id} was already called; it has a single "
+                "consumer (use events() for a second view of the chunks)"
+            )
+        return chunks
 
     async def acomplete(self, timeout: float | None = None) -> None:
         """Wait until the run is over (final validations included).
@@ -678,25 +256,14 @@ class StreamChunkingResult:
         after it) return normally. Raises ``AskTimeoutError`` after ``timeout`` seconds (the run
         goes on). Cancelling the awaiting task does not cancel the run.
         """
-        if timeout is None:
-            await self._done.wait()
-        else:
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._done.wait()
-            except TimeoutError as exc:
-                raise AskTimeoutError(
-                    f"stream {self.request_id} did not complete within {timeout} s"
-                ) from exc
-        self._surface()
-
-    def _surface(self) -> None:
-        with self._lock:
-            error = self._error
-            if error is None or self._surfaced:
-                return
-            self._surfaced = True
-        raise error
+        try:
+            async with asyncio.timeout(timeout):
+                await self._journal.wait_done()
+        except TimeoutError as exc:
+            raise AskTimeoutError(
+                f"stream {self.request_id} did not complete within {timeout} s"
+            ) from exc
+        self._journal.raise_error_once()
 
     # -- cancel --------------------------------------------------------------------------------
     async def cancel(
@@ -709,16 +276,14 @@ class StreamChunkingResult:
         ``acomplete()`` does not raise because of a cancel. Raises ``AskTimeoutError`` if the
         run has not ended within ``timeout`` seconds.
         """
-        if self._done.is_set():
+        if self._journal.done():
             return
-        actor = self._actor
-        if actor is not None:
-            # ActorDeadError: it ended meanwhile (or aborted): its outcome is published
-            with contextlib.suppress(pykka.ActorDeadError, RuntimeClosedError):
-                await ask_async(actor, CancelStream(reason), timeout=timeout)
+        # ActorDeadError: it ended meanwhile (or aborted): its outcome is published
+        with contextlib.suppress(pykka.ActorDeadError, RuntimeClosedError):
+            await ask_async(self._actor, CancelStream(reason), timeout=timeout)
         try:
             async with asyncio.timeout(timeout):
-                await self._done.wait()
+                await self._journal.wait_done()
         except TimeoutError as exc:
             raise AskTimeoutError(
                 f"stream {self.request_id} did not end within {timeout} s of its cancel"
@@ -729,7 +294,7 @@ class StreamChunkingResult:
 
     async def __aexit__(self, *exc_info: object) -> None:
         """Leaving the block before the run is over cancels it (and waits, bounded)."""
-        if not self._done.is_set():
+        if not self._journal.done():
             await self.cancel("the consumer left the `async with` block")
 
     # -- state ---------------------------------------------------------------------------------
@@ -737,39 +302,46 @@ class StreamChunkingResult:
     def request_id(self) -> str | None:
         """The (first) generation's id in the supervision log; the stream actor is
         ``stream-<request_id>``. See :attr:`request_ids` for every attempt's."""
-        return self._request_id
+        return self._journal.request_id
 
     @property
     def request_ids(self) -> list[str | None]:
         """The generation id of every attempt started so far, in order (one without retries)."""
-        with self._lock:
-            return list(self._request_ids)
+        ids: list[str | None] = list(self._journal.request_ids)
+        return ids
 
     @property
     def attempt(self) -> int:
         """The current attempt's number (the final one's once the run is over)."""
-        return self._attempt
+        return self._journal.current.number
 
     def done(self) -> bool:
         """True once the run is over (``CompletedEvent`` published)."""
-        return self._done.is_set()
+        return self._journal.done()
 
     @property
     def completed(self) -> bool:
         """True only once the run is over and it ended naturally with no "fail", no error, no
         cancel, and every final validation passed. Never True before the end."""
-        return self._completed and self._done.is_set()
+        outcome = self._journal.outcome
+        return (
+            self._journal.done()
+            and outcome is not None
+            and outcome.kind == "completed"
+            and outcome.success
+        )
 
     @property
     def cancelled(self) -> bool:
         """True if the run was stopped by :meth:`cancel` / leaving ``async with``."""
-        outcome = self._outcome
+        outcome = self._journal.outcome
         return outcome is not None and outcome.kind == "cancelled"
 
     @property
     def error(self) -> BaseException | None:
         """The run's error once it ended with one (whether surfaced or not), else None."""
-        return self._error
+        outcome = self._journal.outcome
+        return None if outcome is None else outcome.error
 
     @property
     def full_text(self) -> str:
@@ -781,31 +353,23 @@ class StreamChunkingResult:
         of the chunks, so the separators the chunker dropped are kept. With retries, this is the
         current attempt's text only (empty right after a :class:`RetryEvent`).
         """
-        natural = self._natural_text
-        if natural is not None:
-            return natural
-        segments = self._segments
-        n = len(segments)
-        cache = self._full_cache
-        if cache is not None and cache[0] is segments and cache[1] == n:
-            return cache[2]
-        text = "".join(segments[:n])
-        self._full_cache = (segments, n, text)
-        return text
+        return self._journal.full_text
 
     @property
     def streaming_failures(self) -> list[tuple[Requirement, PartialValidationResult]]:
         """``(requirement, verdict)`` for the "fail" that stopped the stream (the validator's
         copy of the requirement), or for a validator fault under the fail-closed policy. With
         retries: of the final attempt only."""
-        return list(self._failures)
+        record = self._journal.current  # one attempt's failures and requirement copies
+        copies = cast(AttemptData, record.payload).requirements
+        return [(copies[v], verdict) for v, verdict in record.failures]
 
     @property
     def final_validations(self) -> list[ValidationResult]:
         """The final ``validate()`` results, in requirement order (empty unless the stream
         ended naturally and every final validation returned). With retries: of the final
         attempt's copies."""
-        return list(self._final)
+        return list(self._journal.current.finals)
 
     @property
     def as_thunk(self) -> ModelOutputThunk[str]:
@@ -814,51 +378,24 @@ class StreamChunkingResult:
 
         Raises RuntimeError before the run is over (await :meth:`acomplete` first).
         """
-        if not self._done.is_set():
+        if not self._journal.done():
             raise RuntimeError(
                 f"as_thunk of stream {self.request_id} accessed before the run ended; "
                 "await result.acomplete() first"
             )
-        if self._thunk is None:
-            thunk: ModelOutputThunk[str] = ModelOutputThunk(value=self.full_text)
-            thunk.action = self._mot.action
-            thunk.context = self._ctx
-            self._thunk = thunk
-        return self._thunk
+        return self._journal.memo("as_thunk", self._make_thunk)
+
+    def _make_thunk(self) -> ModelOutputThunk[str]:
+        data = cast(AttemptData, self._journal.current.payload)
+        thunk: ModelOutputThunk[str] = ModelOutputThunk(value=self.full_text)
+        thunk.action = data.mot.action
+        thunk.context = data.ctx
+        return thunk
 
     def __repr__(self) -> str:
-        outcome = self._outcome
+        outcome = self._journal.outcome
         state = "running" if outcome is None else outcome.kind
         return f"StreamChunkingResult(request_id={self.request_id!r}, state={state!r})"
-
-
-# --------------------------------------------------------------------------------------------
-# The entry point
-# --------------------------------------------------------------------------------------------
-def _copy_requirement(requirement: Requirement) -> Requirement:
-    try:
-        return copy.deepcopy(requirement)
-    except Exception as exc:
-        raise InvalidInputError(
-            f"requirement {requirement!r} cannot be copied for its validator "
-            f"(copy.deepcopy raised {exc!r}); give it a __deepcopy__ that returns an "
-            "independent copy"
-        ) from exc
-
-
-def _chunker_factory(chunking: str | ChunkingStrategy) -> Callable[[], ChunkingStrategy]:
-    """Fresh chunkers for retries: a new instance per alias, or deep copies of a copy of the
-    user's instance taken now (before the first attempt can change it)."""
-    if not isinstance(chunking, ChunkingStrategy):
-        return lambda: resolve_chunking(chunking)
-    try:
-        template = copy.deepcopy(chunking)
-    except Exception as exc:
-        raise InvalidInputError(
-            f"chunking strategy {chunking!r} cannot be copied for retries (copy.deepcopy raised "
-            f"{exc!r}); give it a __deepcopy__, or use max_retries=0"
-        ) from exc
-    return lambda: copy.deepcopy(template)
 
 
 async def stream_with_chunking(
@@ -932,42 +469,35 @@ async def stream_with_chunking(
     if isinstance(requirements, str | Requirement):
         raise InvalidInputError("requirements must be a list of requirements, not a single one")
     wanted = [reqify(r) for r in (requirements or ())]
-    copies = [_copy_requirement(r) for r in wanted]
+    copies = [copy_requirement(r) for r in wanted]
     # With retries: the requirements and chunker as they are now, copied for later attempts.
-    templates = [_copy_requirement(r) for r in wanted] if max_retries else []
-    new_chunker = _chunker_factory(chunking) if max_retries else None
+    templates = [copy_requirement(r) for r in wanted] if max_retries else []
+    new_chunker = chunker_factory(chunking) if max_retries else None
     if isinstance(action, str):
         action = CBlock(action)
     options = dict(model_options or {})
     options[ModelOption.STREAM] = True
     judge = validation_backend if validation_backend is not None else backend
 
-    mot, gen_ctx = await backend.generate_from_context(action, ctx, model_options=options)
-    result = StreamChunkingResult(mot, gen_ctx, copies)
-
-    async def new_attempt(attempt: int) -> StreamAttempt:
+    async def new_attempt(number: int) -> StreamAttempt:
         """A fresh attempt (runs on the actor loop; the new generation is submitted last)."""
         assert new_chunker is not None
         fresh = [copy.deepcopy(t) for t in templates]
-        segmenter = _Segmenter(new_chunker())
+        chunker = new_chunker()
         new_mot, new_ctx = await backend.generate_from_context(
             action, ctx, model_options=dict(options)
         )
-        result._staged = (attempt, new_mot, new_ctx, fresh)
-        return StreamAttempt(
-            source=new_mot,
-            segmenter=segmenter,
-            checks=[_RequirementCheck(c, judge, new_ctx) for c in fresh],
-        )
+        return make_attempt(new_mot, new_ctx, fresh, chunker, judge)
 
+    mot, gen_ctx = await backend.generate_from_context(action, ctx, model_options=options)
     try:
-        result._actor = StreamActor.start(
+        first = make_attempt(mot, gen_ctx, copies, strategy, judge)
+        journal: StreamJournal[StreamEvent] = StreamJournal(EVENTS, first)
+        actor = StreamActor.start(
             system.loop,
             system=system,
-            source=mot,
-            segmenter=_Segmenter(strategy),
-            checks=[_RequirementCheck(c, judge, gen_ctx) for c in copies],
-            sink=result._sink,
+            attempt=first,
+            sink=journal,
             validator_timeout=validator_timeout,
             on_fault=validator_failure,
             max_retries=max_retries,
@@ -976,4 +506,4 @@ async def stream_with_chunking(
     except BaseException:
         await mot.cancel("stream_with_chunking could not start its stream actor")
         raise
-    return result
+    return StreamChunkingResult(journal, actor)
