@@ -138,5 +138,8 @@ class OllamaBackend(Backend):
         handle = self.system.start_generation(request)
         mot = ModelOutputThunk._attach(handle, parse=_parser_for(action, format))
         mot.action = action
-        mot.context = ctx
+        # The context the generation saw. A SimpleContext shows none of its items, so it is
+        # recorded as an empty one: holding the real one would chain every earlier request
+        # (and its thunk) to this one, and a long-running session would never free them.
+        mot.context = ctx if ctx.is_chat_context else ctx.reset_to_new()
         return mot, action_ctx.add(mot)

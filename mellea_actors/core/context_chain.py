@@ -24,7 +24,14 @@ from mellea_actors.errors import InvalidInputError
 if TYPE_CHECKING:
     from mellea_actors.core.model_output import ModelOutputThunk
 
-__all__ = ["ChatContext", "Context", "ContextItem", "ContextTurn", "SimpleContext"]
+__all__ = [
+    "SIMPLE_CONTEXT_KEEP",
+    "ChatContext",
+    "Context",
+    "ContextItem",
+    "ContextTurn",
+    "SimpleContext",
+]
 
 ContextItem: TypeAlias = "CBlock | Component[Any] | ModelOutputThunk"
 """What one context node holds."""
@@ -189,18 +196,31 @@ class Context(abc.ABC):
         n = len(self.as_list())
         return f"{type(self).__name__}(items={n})"
 
+#: How many of its newest items a :class:`SimpleContext` keeps: what ``last_output()`` (its
+#: default looks at 3) and ``last_turn()`` (2) read. Older items are dropped.
+SIMPLE_CONTEXT_KEEP = 3
+
+
 class SimpleContext(Context):
     """Each interaction is an independent turn: generation sees no history.
 
-    Items are still recorded (so ``last_output()``/``last_turn()`` work), but
-    :meth:`view_for_generation` is always empty.
+    It keeps only its newest :data:`SIMPLE_CONTEXT_KEEP` items (so ``last_output()`` and
+    ``last_turn()`` work) and drops the rest: a session that runs for days on a SimpleContext
+    must not hold every request it ever made. :meth:`view_for_generation` is always empty.
     """
 
     _is_chat_context = False
 
     def add(self, c: ContextItem) -> SimpleContext:
-        """A new ``SimpleContext`` with ``c`` appended."""
-        return SimpleContext.from_previous(self, c)
+        """A new ``SimpleContext`` with ``c`` appended (and the oldest item dropped when it
+        already held :data:`SIMPLE_CONTEXT_KEEP`)."""
+        kept = self.as_list(last_n_components=SIMPLE_CONTEXT_KEEP)
+        if len(kept) < SIMPLE_CONTEXT_KEEP:
+            return SimpleContext.from_previous(self, c)
+        node = SimpleContext()
+        for item in kept[1:]:
+            node = SimpleContext.from_previous(node, item)
+        return SimpleContext.from_previous(node, c)
 
     def view_for_generation(self) -> list[ContextItem]:
         """Always ``[]``: no prior turn is sent to the model."""

@@ -1,0 +1,59 @@
+"""A session that runs for days keeps flat memory: it does not hold on to its requests."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+import weakref
+
+from mellea_actors import MelleaSession, start_session
+from mellea_actors.core.context_chain import SIMPLE_CONTEXT_KEEP
+from mellea_actors.testing import Script, ScriptedOllama, ScriptedOllamaProcess
+
+from .conftest import SCRIPTED_MODEL
+
+WAIT = 10.0
+
+
+def test_a_simple_context_keeps_no_history(
+    scripted: ScriptedOllama, scripted_session: MelleaSession
+) -> None:
+    """Regression: SimpleContext.add chained every action and thunk, so after 3,000 submit()
+    calls the context held 6,000 items and none of the dropped thunks was ever collected."""
+    scripted.set_script(Script(tokens=("ok",)))
+    first = scripted_session.submit("request 0")
+    first.wait(WAIT)
+    gone = weakref.ref(first)
+    del first
+    for i in range(1, 300):
+        scripted_session.submit(f"request {i}").wait(WAIT)
+    assert len(scripted_session.ctx.as_list()) <= SIMPLE_CONTEXT_KEEP
+    assert scripted_session.ctx.last_output() is not None  # what Mellea code reads still works
+    gc.collect()
+    assert gone() is None, "the first request's thunk is still referenced"
+
+
+def test_five_thousand_requests_keep_memory_flat() -> None:
+    """5,000 requests on one session: what the process holds does not grow with them (the
+    scripted server runs in its own process, so its request records do not count)."""
+    server = ScriptedOllamaProcess(Script(tokens=("ok",)), models=(SCRIPTED_MODEL,)).start()
+    try:
+        with start_session(model_id=SCRIPTED_MODEL, base_url=server.base_url) as m:
+            # Traced from the start: the warm-up fills the caches, the pools and the log's ring
+            # buffer, whose later records then replace traced ones.
+            tracemalloc.start()
+            try:
+                for i in range(2200):  # the ring buffer holds 10,000 records, ~5 a request
+                    m.submit(f"warm {i}").wait(WAIT)
+                gc.collect()
+                before, _ = tracemalloc.get_traced_memory()
+                for i in range(2800):
+                    m.submit(f"request {i}").wait(WAIT)
+                gc.collect()
+                after, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+    finally:
+        server.stop()
+    per_request = (after - before) / 2800
+    assert per_request < 300, f"memory grew {per_request:.0f} bytes per request"
