@@ -8,7 +8,7 @@ backend keep the original exception (from the ``ollama`` client or ``httpx``) as
     MelleaActorsError
     ├── InvalidInputError (also ValueError)   bad argument, option value, alias, verdict …
     ├── BackendError                          anything that went wrong talking to Ollama
-    │   ├── BackendUnavailableError           the host did not answer (refused, DNS, timeout)
+    │   ├── BackendUnavailableError (also ConnectionError)   the host did not answer
     │   │   └── CircuitOpenError              failing fast: the host's circuit breaker is open
     │   ├── ModelNotFoundError                the host answered; it does not have the model
     │   ├── BackendResponseError              HTTP 4xx/5xx, or an ``{"error": …}`` line mid-stream
@@ -78,8 +78,11 @@ class BackendError(MelleaActorsError):
         self.model = model
 
 
-class BackendUnavailableError(BackendError):
-    """The Ollama host could not be reached (connection refused, unresolvable, connect timeout)."""
+class BackendUnavailableError(BackendError, ConnectionError):
+    """The Ollama host could not be reached (connection refused, unresolvable, connect timeout).
+
+    Also a builtin ``ConnectionError``, which is what Mellea raises there (SPEC §2).
+    """
 
     transient = True
 

@@ -296,12 +296,6 @@ def test_the_error_tree_is_complete() -> None:
     assert sorted(errors.__all__) == sorted(n for n, _, _ in ERROR_TREE)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: SPEC §2 says BackendUnavailableError is 'a `ConnectionError`'; "
-    "errors.py:81 derives it from BackendError only (and the tree in its docstring does not "
-    "say 'also ConnectionError'), so `except ConnectionError` misses an unreachable host",
-)
 def test_backend_unavailable_is_a_connection_error() -> None:
     assert issubclass(base_class("BackendUnavailableError"), ConnectionError)
 

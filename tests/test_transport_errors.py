@@ -137,13 +137,6 @@ def test_map_error(row: Row) -> None:
         assert mapped.status_code == row.status_code
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: map_error (ollama_http.py:177 and :186) writes "
-    "`{exc or type(exc).__name__}`, but an "
-    "exception is always truthy, so an exception with an empty message (httpx often raises "
-    "ReadError('')) gives a message ending in ': ' that does not say what happened",
-)
 @pytest.mark.parametrize(
     "original",
     [httpx.ReadError(""), httpx.ConnectError(""), httpx.RemoteProtocolError("")],

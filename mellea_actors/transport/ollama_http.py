@@ -146,6 +146,11 @@ class _Watchdog:
         self._handle.cancel()
 
 
+def _said(exc: BaseException) -> str:
+    """What an exception says, or its type when it says nothing (httpx raises ReadError(''))."""
+    return str(exc) or type(exc).__name__
+
+
 def map_error(exc: BaseException, *, host: str, model: str | None) -> BackendError:
     """Translate an exception of the ollama client / httpx into our hierarchy."""
     if isinstance(exc, BackendError):
@@ -174,7 +179,7 @@ def map_error(exc: BaseException, *, host: str, model: str | None) -> BackendErr
         isinstance(exc, ConnectionError) and not isinstance(exc, ConnectionResetError)
     ):
         return BackendUnavailableError(
-            f"cannot reach Ollama at {host}: {exc or type(exc).__name__}"
+            f"cannot reach Ollama at {host}: {_said(exc)}"
             " (is `ollama serve` running there? set OLLAMA_HOST or base_url)",
             host=host,
             model=model,
@@ -183,7 +188,7 @@ def map_error(exc: BaseException, *, host: str, model: str | None) -> BackendErr
         exc, (httpx.RemoteProtocolError, httpx.ReadError, ConnectionResetError, httpx.WriteError)
     ):
         return StreamDroppedError(
-            f"the connection to Ollama at {host} broke mid-stream: {exc or type(exc).__name__}",
+            f"the connection to Ollama at {host} broke mid-stream: {_said(exc)}",
             host=host,
             model=model,
         )
