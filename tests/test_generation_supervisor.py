@@ -475,14 +475,6 @@ def test_http_errors_and_dropped_streams_do_not_count_as_connection_failures(
     assert not h.log.events(event="breaker_opened")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: GenerationSupervisor._on_exited / _count_transport_result "
-    "(generation_supervisor.py:328, :386) records a breaker success only when a generation "
-    "completed; "
-    "a delta followed by a dropped stream is not counted, although breaker.py says 'Any success "
-    "(a chunk, or a probe answer) closes it', so two refusals around it open the breaker",
-)
 def test_a_delta_counts_as_a_success_for_the_breaker(actor_loop: ActorLoop) -> None:
     transport = FakeTransport(
         refused(),
@@ -495,14 +487,6 @@ def test_a_delta_counts_as_a_success_for_the_breaker(actor_loop: ActorLoop) -> N
     assert outcomes[-1].text == "still closed", outcomes[-1].error
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug (by breaker.py's 'threshold *consecutive* connection failures' and 'an "
-    "HTTP error or a dropped stream means the host is there'): _count_transport_result "
-    "(generation_supervisor.py:337) "
-    "ignores a non-connection error instead of resetting the count, so refused, HTTP 500, "
-    "refused opens a threshold-2 breaker ('after 2 consecutive connection failures')",
-)
 def test_an_answer_of_the_host_between_refusals_breaks_the_sequence(
     actor_loop: ActorLoop,
 ) -> None:

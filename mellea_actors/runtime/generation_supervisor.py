@@ -326,17 +326,22 @@ class GenerationSupervisor(RuntimeActor):
 
     # circuit breaker ---------------------------------------------------------------------------
     def _count_transport_result(self, gen: _Generation, error: BaseException | None) -> None:
-        breaker = self._breaker(gen.request.host)
-        if error is None:
-            if breaker.record_success():
-                self._emit_breaker("breaker_closed", breaker, "a generation got through")
+        """Tell the host's breaker what this attempt showed (see ``breaker.py``): a connection
+        failure counts against the host; anything else — a delta, an HTTP error, a dropped
+        stream — means the host is there, which resets the count (and closes an open breaker).
+        An error of our own making (an open breaker failing fast) says nothing about the host.
+        """
+        if isinstance(error, CircuitOpenError):
             return
-        connection_failure = isinstance(error, BackendUnavailableError) and not isinstance(
-            error, CircuitOpenError
-        )
-        if connection_failure and breaker.record_failure(error):
-            self._emit_breaker("breaker_opened", breaker, str(error))
-            self._start_probe(breaker)
+        breaker = self._breaker(gen.request.host)
+        if isinstance(error, BackendUnavailableError) and gen.deltas == 0:
+            if breaker.record_failure(error):
+                self._emit_breaker("breaker_opened", breaker, str(error))
+                self._start_probe(breaker)
+            return
+        if breaker.record_success():
+            why = "a generation got through" if error is None else "the host answered"
+            self._emit_breaker("breaker_closed", breaker, why)
 
     def _emit_breaker(self, event: str, breaker: CircuitBreaker, reason: str) -> None:
         self.emit_child(
@@ -382,7 +387,7 @@ class GenerationSupervisor(RuntimeActor):
             return
         gen.task = None
         error = message.error
-        if not message.cancelled:
+        if not message.cancelled or gen.deltas:  # a cancel before any delta says nothing
             self._count_transport_result(gen, error)
         if error is None:  # completed or cancelled: the generator told the thunk already
             self._generations.pop(message.request_id, None)
