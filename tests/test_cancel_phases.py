@@ -130,7 +130,7 @@ async def test_cancel_before_the_first_delta(
     await mot.cancel(timeout=CANCEL_BOUND)
     assert mot.cancelled and mot.value == ""
     record = await asyncio.to_thread(scripted.wait_for_disconnect, 0, WAIT)
-    assert record.outcome == "client_disconnected" and record.tokens_sent == 0
+    assert record.disconnected_at is not None and record.tokens_sent == 0
 
 
 async def test_cancel_mid_stream_keeps_the_text(
@@ -143,7 +143,7 @@ async def test_cancel_mid_stream_keeps_the_text(
     await mot.cancel(timeout=CANCEL_BOUND)
     assert mot.cancelled and mot.value is not None and mot.value.startswith(first)
     record = await asyncio.to_thread(scripted.wait_for_disconnect, 0, WAIT)
-    assert record.outcome == "client_disconnected" and record.tokens_sent < len(SLOW.tokens)
+    assert record.disconnected_at is not None and record.tokens_sent < len(SLOW.tokens)
 
 
 async def test_cancel_racing_the_natural_end(

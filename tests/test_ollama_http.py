@@ -124,7 +124,7 @@ async def test_cancelling_the_caller_closes_the_connection(scripted: ScriptedOll
         record = await asyncio.to_thread(scripted.wait_for_disconnect, 0, WAIT)
     finally:
         await transport.aclose()
-    assert record.outcome == "client_disconnected"
+    assert record.disconnected_at is not None
     assert record.tokens_sent < 10
 
 
