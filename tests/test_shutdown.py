@@ -76,3 +76,47 @@ def test_hundred_sessions_leave_no_threads_or_sockets(scripted: ScriptedOllama) 
                 assert m.instruct("x").value == "ab"
     assert threading.active_count() == threads
     assert open_sockets() <= sockets
+
+
+def test_closing_with_running_streams_leaves_no_unretrieved_task_error() -> None:
+    """Regression: close() with running streams sometimes printed dozens of "Task exception
+    was never retrieved … ActorDeadError" (an outcome wait of the drain, answered by a thunk
+    that had just stopped, was never looked at)."""
+    script = textwrap.dedent(
+        """
+        import asyncio, gc
+        from mellea_actors import start_session
+        from mellea_actors.backends import ModelOption
+        from mellea_actors.stdlib.components import Instruction
+        from mellea_actors.stdlib.streaming import stream_with_chunking
+        from mellea_actors.testing import Script, ScriptedOllama
+
+        server = ScriptedOllama(Script(tokens=[f"w{i}. " for i in range(400)], delay=0.005),
+                                models=("scripted",)).start()
+
+        async def main():
+            for _ in range(10):
+                m = start_session(model_id="scripted", base_url=server.base_url)
+                thunks = [await m.ainstruct(f"x{i}", model_options={ModelOption.STREAM: True})
+                          for i in range(25)]
+                streams = [await stream_with_chunking(Instruction(f"y{i}"), m.backend, m.ctx)
+                           for i in range(25)]
+                await asyncio.sleep(0)
+                for t in thunks[:5]:
+                    await t.astream()
+                await asyncio.to_thread(m.close)
+                del thunks, streams
+                gc.collect()
+
+        asyncio.run(main())
+        gc.collect()
+        server.stop()
+        print("ok")
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    assert "never retrieved" not in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr

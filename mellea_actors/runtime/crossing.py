@@ -8,6 +8,8 @@ runtime's own loop. Every crossing goes through the primitives here, in the spir
 * :func:`hop` — run a callback on a loop, from any thread (the loop's own included).
 * :func:`run_coroutine` — run a coroutine on a loop from another thread; a concurrent future.
 * :func:`await_concurrent` — await a concurrent future from a coroutine of any loop.
+* :func:`interrupt_behind` — the ``KeyboardInterrupt`` behind a contained error, to re-raise
+  in the caller's thread.
 * :func:`in_thread` — run a blocking call in a worker thread and await it (never blocks the
   awaiting loop).
 * :class:`Waker` — a one-shot wake-up for *one* waiter: made by the waiter (a coroutine on any
@@ -40,7 +42,16 @@ from typing import Any, Generic, TypeVar
 
 from mellea_actors.errors import SingleReaderError
 
-__all__ = ["Channel", "Signal", "Waker", "await_concurrent", "hop", "in_thread", "run_coroutine"]
+__all__ = [
+    "Channel",
+    "Signal",
+    "Waker",
+    "await_concurrent",
+    "hop",
+    "in_thread",
+    "interrupt_behind",
+    "run_coroutine",
+]
 
 T = TypeVar("T")
 
@@ -78,6 +89,23 @@ async def in_thread(func: Callable[..., T], *args: Any) -> T:
     Cancelling the awaiting task stops the wait, not the call (a thread cannot be interrupted).
     """
     return await asyncio.to_thread(func, *args)
+
+
+def interrupt_behind(error: BaseException | None) -> KeyboardInterrupt | None:
+    """The ``KeyboardInterrupt`` that user code raised on the runtime's loop behind ``error``.
+
+    User code that runs on the runtime's loop (a validator, a chunker) may only end its own
+    stream: the runtime contains what it raises, ``BaseException`` included, in an error of its
+    own whose ``__cause__`` is the original. A ``KeyboardInterrupt`` must still mean something,
+    so the facade re-raises it in the caller's thread, where the user can catch it.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

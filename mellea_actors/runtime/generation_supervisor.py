@@ -242,7 +242,7 @@ class GenerationSupervisor(RuntimeActor):
             model=gen.request.model,
             host=gen.request.host,
         )
-        task = self.actor_loop.loop.create_task(
+        task = self.actor_loop.spawn(
             self._generate(gen, gen.attempt), name=f"generator-{gen.request.request_id}"
         )
         task.add_done_callback(functools.partial(self._generator_done, gen, gen.attempt))
@@ -356,7 +356,7 @@ class GenerationSupervisor(RuntimeActor):
     def _start_probe(self, breaker: CircuitBreaker) -> None:
         if breaker.host in self._probes:
             return
-        self._probes[breaker.host] = self.actor_loop.loop.create_task(
+        self._probes[breaker.host] = self.actor_loop.spawn(
             self._probe(breaker.host, breaker), name=f"probe-{breaker.host}"
         )
 

@@ -100,7 +100,21 @@ class ActorLoop:
         asyncio.set_event_loop(self._loop)
         self._loop.call_soon(self._ready.set)
         try:
-            self._loop.run_forever()
+            while True:
+                try:
+                    self._loop.run_forever()
+                    break
+                except BaseException as exc:
+                    # A callback or task let a KeyboardInterrupt/SystemExit out (asyncio
+                    # re-raises those from run_forever). It may end only what raised it: say so
+                    # and serve the other actors on.
+                    if self._closed:
+                        break
+                    print(
+                        f"mellea_actors: {exc!r} escaped a task on the runtime loop "
+                        f"{self.name!r}; the loop goes on",
+                        file=sys.stderr,
+                    )
         finally:
             # Cancel what is left and let it run its cleanup (closing HTTP streams), bounded.
             tasks = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
@@ -154,6 +168,17 @@ class ActorLoop:
         except RuntimeError as exc:  # loop closed under our feet
             raise RuntimeClosedError(f"actor loop {self.name!r} is closed") from exc
 
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+        """A task on this loop (call on the loop thread) whose outcome is always retrieved.
+
+        Its owner may still await or inspect it. An exception nobody else looked at never turns
+        into asyncio's "Task exception was never retrieved": a runtime-closed or dead-actor
+        error (a shutdown race) is dropped, anything else is printed with its traceback.
+        """
+        task = self._loop.create_task(coro, name=name)
+        task.add_done_callback(_retrieve_outcome)
+        return task
+
     def run_coroutine(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Run a coroutine on the loop; returns a concurrent future (thread-safe)."""
         if self._closed:
@@ -166,7 +191,9 @@ class ActorLoop:
 
         Works from any thread but the loop's own (which would deadlock: RuntimeError), also from
         a thread whose own event loop is running. On timeout the coroutine is cancelled and
-        AskTimeoutError is raised.
+        AskTimeoutError is raised; if this thread's wait is interrupted (``KeyboardInterrupt``)
+        the coroutine is cancelled too, and the interrupt goes on. A ``KeyboardInterrupt`` or
+        ``SystemExit`` raised by the coroutine is re-raised here, in the calling thread.
         """
         if self.in_loop_thread():
             coro.close()
@@ -174,12 +201,45 @@ class ActorLoop:
                 "a blocking call was made on the mellea_actors loop thread; "
                 "use the async method (await it) instead"
             )
-        future = self.run_coroutine(coro)
+        future = self.run_coroutine(_carry_interrupts(coro))
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
             raise AskTimeoutError(f"no result within {timeout} s") from exc
+        except _Carried as carried:  # raised by the coroutine: re-raised here, where it means
+            raise carried.interrupt from None  # something
+        except BaseException:  # e.g. Ctrl-C in this thread while it waited: stop the work too
+            future.cancel()
+            raise
+
+
+def _retrieve_outcome(task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()  # retrieved: asyncio will not warn about it
+    if exc is not None and not isinstance(exc, ActorDeadError | RuntimeClosedError):
+        import traceback
+
+        print(f"mellea_actors: task {task.get_name()!r} failed:", file=sys.stderr)
+        traceback.print_exception(exc, file=sys.stderr)
+
+
+class _Carried(Exception):
+    """Carries a KeyboardInterrupt/SystemExit out of a coroutine run by ``run_sync``."""
+
+    def __init__(self, interrupt: BaseException) -> None:
+        super().__init__(repr(interrupt))
+        self.interrupt = interrupt
+
+
+async def _carry_interrupts(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro``; a KeyboardInterrupt/SystemExit it raises leaves as a :class:`_Carried`
+    (asyncio would otherwise re-raise it out of the loop and stop every actor)."""
+    try:
+        return await coro
+    except (KeyboardInterrupt, SystemExit) as exc:
+        raise _Carried(exc) from None
 
 
 class LoopFuture(ThreadingFuture[T]):

@@ -78,7 +78,7 @@ from typing import Any, cast
 
 import pykka
 
-from mellea_actors.errors import GenerationCancelledError, RuntimeClosedError
+from mellea_actors.errors import GenerationCancelledError, MelleaActorsError, RuntimeClosedError
 from mellea_actors.runtime.actor_base import RuntimeActor, handles
 from mellea_actors.runtime.loop import ActorLoop, LoopFuture, ask_async
 from mellea_actors.runtime.messages import (
@@ -306,7 +306,7 @@ class StreamActor(RuntimeActor):
             max_retries=self.max_retries,
         )
         self._life = loop.create_future()
-        self._guard = loop.create_task(self._guard_life(), name=f"{self.actor_id}-guard")
+        self._guard = self.actor_loop.spawn(self._guard_life(), name=f"{self.actor_id}-guard")
         self._start(self._attempt)
 
     def _start(self, attempt: _Attempt) -> None:
@@ -326,7 +326,7 @@ class StreamActor(RuntimeActor):
             )
             for i, check in enumerate(attempt.checks)
         ]
-        attempt.reader = self.actor_loop.loop.create_task(
+        attempt.reader = self.actor_loop.spawn(
             self._read(attempt), name=f"{self.actor_id}-reader"
         )
 
@@ -373,8 +373,16 @@ class StreamActor(RuntimeActor):
             if spans:
                 tell(ChunksFound(tuple(spans)))
             tell(SourceEnded(text))
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
             tell(SourceFailed(exc))
+        except BaseException as exc:  # the chunker is user code: contained, whatever it raised
+            error = MelleaActorsError(
+                f"stream {self.stream_id}: the chunking strategy raised {exc!r}"
+            )
+            error.__cause__ = exc
+            tell(SourceFailed(error))
 
     # handlers --------------------------------------------------------------------------------
     @handles(ChunksFound)
@@ -620,7 +628,7 @@ class StreamActor(RuntimeActor):
         self._phase = _Phase.RETRYING
         self._retries_left -= 1
         attempt.generation_stopped = True  # its generation is over: it failed
-        self._retrying = self.actor_loop.loop.create_task(
+        self._retrying = self.actor_loop.spawn(
             self._replace_attempt(attempt), name=f"{self.actor_id}-retry"
         )
 
@@ -696,7 +704,7 @@ class StreamActor(RuntimeActor):
         outcome = StreamOutcome(kind, success and kind == "completed", reason, error)
         if kind != "completed":
             self.emit("stream_stopping", reason=reason, outcome=kind)
-        self._wind = self.actor_loop.loop.create_task(
+        self._wind = self.actor_loop.spawn(
             self._wind_down(outcome), name=f"{self.actor_id}-wind-down"
         )
 

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from mellea_actors.runtime.crossing import Channel, Signal
+from mellea_actors.runtime.crossing import Channel, Signal, interrupt_behind
 from mellea_actors.runtime.stream_contract import (
     EventFactory,
     StreamAttempt,
@@ -230,6 +230,9 @@ class StreamJournal(Generic[E]):
             if error is None or self._surfaced:
                 return
             self._surfaced = True
+        interrupt = interrupt_behind(error)
+        if interrupt is not None:  # a Ctrl-C of user code means something here, in the caller
+            raise interrupt
         raise error
 
     def memo(self, key: str, make: Callable[[], T]) -> T:

@@ -27,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import contextvars
 import itertools
 import os
 import threading
 import weakref
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import pykka
 
@@ -56,6 +58,13 @@ from mellea_actors.transport.ollama_http import OllamaTransport
 __all__ = ["ActorSystem"]
 
 _ids = itertools.count(1)
+
+T = TypeVar("T")
+
+#: The generations started by the coroutine that :meth:`ActorSystem.run_sync` runs (per task).
+_started_in_scope: contextvars.ContextVar[list[ThunkHandle] | None] = contextvars.ContextVar(
+    "mellea_actors_started_in_scope", default=None
+)
 _live_systems: weakref.WeakSet[ActorSystem] = weakref.WeakSet()
 
 
@@ -146,7 +155,37 @@ class ActorSystem:
         )
         self._thunks[request.request_id] = (cell, ref)
         supervisor.tell(StartGeneration(request, ref))
-        return ThunkHandle(cell, ref, streamed=request.stream, cancel=self.cancel)
+        handle = ThunkHandle(cell, ref, streamed=request.stream, cancel=self.cancel)
+        scope = _started_in_scope.get()
+        if scope is not None:
+            scope.append(handle)
+        return handle
+
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine of the facade on the loop, blocking this thread (a sync method).
+
+        Every generation the coroutine starts is cancelled unless the coroutine returns
+        normally: if it raises, times out, or the caller's wait is interrupted (Ctrl-C), work
+        whose thunk never reached the caller must not go on generating where nobody can stop
+        it. Generations of a normal return (a thunk handed out) are left running.
+        """
+        return self.loop.run_sync(self._scoped(coro), timeout)
+
+    async def _scoped(self, coro: Coroutine[Any, Any, T]) -> T:
+        started: list[ThunkHandle] = []
+        token = _started_in_scope.set(started)
+        try:
+            return await coro
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):  # run_sync cancels it for its caller
+                reason = "the blocking call that started it was interrupted (Ctrl-C) or timed out"
+            else:
+                reason = f"the blocking call that started it raised {type(exc).__name__}"
+            for handle in started:
+                handle.request_cancel(reason)
+            raise
+        finally:
+            _started_in_scope.reset(token)
 
     def cancel(self, request_id: str, reason: str = "cancelled by the user") -> None:
         """Ask the supervisor to cancel one generation (thread-safe, returns at once)."""
@@ -249,7 +288,7 @@ class ActorSystem:
         """On the loop: wait until every thunk published its outcome, then close HTTP clients."""
         live = [ref for cell, ref in list(self._thunks.values()) if cell.outcome is None]
         if live:  # their generations were cancelled with the supervisor: they end in ms
-            outcomes = [asyncio.ensure_future(ask_async(ref, AwaitOutcome())) for ref in live]
+            outcomes = [self.loop.spawn(ask_async(ref, AwaitOutcome())) for ref in live]
             _, late = await asyncio.wait(outcomes, timeout=timeout)
             for future in late:
                 future.cancel()

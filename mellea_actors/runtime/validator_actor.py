@@ -145,7 +145,7 @@ class ValidatorActor(RuntimeActor):
         if self._registry is not None:
             self._registry[self.actor_id] = self.kind
         self._queue = asyncio.Queue()
-        self._worker = self.actor_loop.loop.create_task(self._work(), name=self.actor_id)
+        self._worker = self.actor_loop.spawn(self._work(), name=self.actor_id)
         self.emit("actor_started", check=self.check.label)
 
     def on_stop(self) -> None:
@@ -256,9 +256,13 @@ class ValidatorActor(RuntimeActor):
             fault = exc
             fault.validator = self.actor_id
             fault.chunk_index = index
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # user code: contained, whatever it raised
             fault = self._raised(exc, what, index)
             fault.__cause__ = exc
+            if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit …: never
+                return self._on_fault(fault, index, policy="fail")  # swallowed as "unknown"
         else:
             if index is not None:
                 self.checked += 1
@@ -273,16 +277,19 @@ class ValidatorActor(RuntimeActor):
             index,
         )
 
-    def _on_fault(self, fault: ValidatorError, index: int | None) -> Any:
+    def _on_fault(
+        self, fault: ValidatorError, index: int | None, policy: FaultPolicy | None = None
+    ) -> Any:
+        policy = policy or self.on_fault
         reason = str(fault)
         self.emit(
             "validator_failed",
             reason=reason,
             error_type=type(fault).__name__,
             chunk_index=index,
-            policy=self.on_fault,
+            policy=policy,
         )
-        if self.on_fault == "fail":
+        if policy == "fail":
             raise fault
         if index is None:
             return self.check.final_failed(f"validator failed (counted as failed): {reason}")

@@ -126,7 +126,7 @@ class MelleaSession:
                 self._pending.append(mot)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._system.loop.run_sync(coro)
+        return self._system.run_sync(coro)
 
     # -- act / instruct --------------------------------------------------------------------
     async def aact(
