@@ -206,9 +206,18 @@ class _BuiltinChunker(ChunkingStrategy):
 # Sentences
 # --------------------------------------------------------------------------------------------
 
-_END_MARKS = ".!?\u2026"
-# Closing quotes / brackets / markdown emphasis that may follow the end marks.
-_CLOSERS = "\"'\u201d\u2019)]\u00bb*_"
+# Full-width terminators (Chinese, Japanese): they end a sentence with no whitespace after.
+_FULL_WIDTH_ENDS = "\u3002\uff01\uff1f"  # 。！？
+_END_MARKS = ".!?\u2026" + _FULL_WIDTH_ENDS
+# Closing quotes / brackets / markdown emphasis that may follow the end marks: English and
+# German quotes (” ’ “ ‘), guillemets (» ›), CJK corner brackets and full-width brackets.
+_CLOSERS = (
+    "\"'\u201d\u2019\u201c\u2018)]\u00bb\u203a*_"
+    "\u300d\u300f\uff09\u3011\u300b\u3009\uff3d\uff02"  # 」』）】》〉］＂
+)
+# Guillemets that French spacing puts after a space: "« Stop. »" keeps its » when a « is open.
+_SPACED_CLOSERS = {"\u00bb": "\u00ab", "\u203a": "\u2039"}  # » «, › ‹
+_SPACED_BEFORE_CLOSER = " \t\u00a0\u202f"
 _SENTENCE_CANDIDATE = re.compile(
     rf"(?P<marks>[{re.escape(_END_MARKS)}]+)[{re.escape(_CLOSERS)}]*|(?P<blank>\n[^\S\n]*\n)"
 )
@@ -233,14 +242,40 @@ def _is_initials(word: str) -> bool:
     return all(len(p) == 1 and p.isupper() for p in word.split("."))
 
 
+def _past_spaced_closer(text: str, b: int) -> int | None:
+    """Where a sentence that ends at ``b`` really ends: past a spaced guillemet (``« Stop. »``)
+    when one is open at ``b`` (opened in the last 4 KiB of text, which bounds the cost); None
+    if that cannot be told yet."""
+    lo = max(0, b - 4096)
+    if all(text.count(o, lo, b) <= text.count(c, lo, b) for c, o in _SPACED_CLOSERS.items()):
+        return b
+    n = len(text)
+    q = b
+    while q < n and text[q] in _SPACED_BEFORE_CLOSER:
+        q += 1
+    if q == n:
+        return None
+    if text[q] not in _SPACED_CLOSERS:
+        return b
+    e = q + 1
+    while e < n and text[e] in _CLOSERS:
+        e += 1
+    return e
+
+
 class SentenceChunker(_BuiltinChunker):
     r"""Split text into sentences.
 
     **Boundary.** A run of end marks (``.``, ``!``, ``?``, ``…``; a run such as ``?!``, ``!!``
     or ``...`` counts as one end), optionally followed by closing characters (``"`` ``'``,
-    the curly closing quotes U+201D and U+2019, ``)`` ``]`` ``»`` and markdown ``*``/``_``),
-    followed by whitespace (a space, tab or line break). The sentence ends after the closing
-    characters. A blank line (``\n\n``, ``\n \n``, ``\r\n\r\n``) also ends a sentence, so
+    the curly quotes ``”`` ``’`` and the German closers ``“`` ``‘`` (as in „Halt.“), ``)``
+    ``]``, ``»`` ``›``, the CJK closers ``」』）】》〉］`` and markdown ``*``/``_``), followed by
+    whitespace (a space, tab or line break). The sentence ends after the closing characters.
+    The full-width terminators ``。！？`` end a sentence with or without whitespace after them
+    ("今日は晴れ。明日は雨。" is two sentences). While a guillemet (``«`` or ``‹``) is open, a
+    closing one after spaces stays with the sentence before it: ``« Stop. » Then``
+    gives ``« Stop. »`` (French spacing, also with U+00A0/U+202F). A blank line (``\n\n``,
+    ``\n \n``, ``\r\n\r\n``) also ends a sentence, so
     headings and list items without a final period do not run into the next paragraph.
     Decimals (``3.14``), versions and URLs never split: no whitespace follows their dots.
 
@@ -357,10 +392,17 @@ class SentenceChunker(_BuiltinChunker):
             if b == n:  # the run may still grow, or whitespace may follow: hold
                 search = a
                 break
-            if not text[b].isspace():
+            full_width = any(c in _FULL_WIDTH_ENDS for c in m.group("marks"))
+            if not full_width and not text[b].isspace():
                 search = b
                 continue
-            verdict = self._is_boundary(text, a, b)
+            verdict = True if full_width else self._is_boundary(text, a, b)
+            if verdict:
+                closed = _past_spaced_closer(text, b)
+                if closed is None or closed == n:  # a » may still come, or follow it: hold
+                    verdict = None
+                else:
+                    b = closed
             if verdict is None:
                 search = a
                 break
