@@ -13,6 +13,7 @@ backend keep the original exception (from the ``ollama`` client or ``httpx``) as
     │   ├── ModelNotFoundError                the host answered; it does not have the model
     │   ├── BackendResponseError              HTTP 4xx/5xx, or an ``{"error": …}`` line mid-stream
     │   ├── ProtocolMismatchError             the host answered, but not in Ollama's protocol
+    │   ├── QueueTimeoutError                 no free slot to the host within queue_timeout
     │   ├── StreamDroppedError                the connection closed before the final object
     │   └── StreamTimeoutError                nothing arrived for ``STREAM_TIMEOUT`` seconds
     ├── ThunkError
@@ -42,6 +43,7 @@ __all__ = [
     "MelleaActorsError",
     "ModelNotFoundError",
     "ProtocolMismatchError",
+    "QueueTimeoutError",
     "RuntimeClosedError",
     "SingleReaderError",
     "StreamDroppedError",
@@ -124,6 +126,11 @@ class ProtocolMismatchError(BackendError):
 
     The message names the host and shows the first bytes of what came back.
     """
+
+
+class QueueTimeoutError(BackendError):
+    """The request waited ``queue_timeout`` seconds for one of the host's ``max_in_flight``
+    slots and got none (nothing was sent)."""
 
 
 class StreamDroppedError(BackendError):

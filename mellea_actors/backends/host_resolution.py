@@ -28,7 +28,7 @@ def resolve_host(base_url: str | None) -> str:
         return normalize_host(base_url)
     env = os.environ.get("OLLAMA_HOST")
     if env:
-        return normalize_host(env)
+        return normalize_host(env, name="OLLAMA_HOST")
     from mellea_actors.local import server as local_server  # only when nothing is configured
 
     if local_server.is_ollama_reachable(DEFAULT_HOST, timeout=0.5):

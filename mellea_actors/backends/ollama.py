@@ -18,6 +18,7 @@ from typing import Any
 
 import pydantic
 
+from mellea_actors._arguments import check_text
 from mellea_actors.backends.model_options import ResolvedOptions, resolve_options
 from mellea_actors.core.backend import Backend
 from mellea_actors.core.cblock import CBlock, Component, render_plain
@@ -57,6 +58,8 @@ async def render_chat(
     messages.extend(await _item_messages(action))
     if not messages:
         raise InvalidInputError(f"nothing to send: the action {action!r} renders to no text")
+    for i, message in enumerate(messages):  # fail at the call, not when the request is sent
+        check_text(message.content, f"message {i} ({message.role}) of the prompt")
     return tuple(messages)
 
 

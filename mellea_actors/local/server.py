@@ -688,4 +688,14 @@ def _stop_all_at_exit(timeout: float = 3.0) -> None:
         _killpg(proc.pid)
 
 
+def _forget_servers_in_child() -> None:
+    """After ``os.fork()``, in the child: the servers are the parent's, not ours to stop."""
+    global _running_lock, _embedded_lock, _embedded
+    _running.clear()
+    _running_lock = threading.Lock()  # a lock another thread held at the fork stays held
+    _embedded_lock = threading.Lock()
+    _embedded = None
+
+
 atexit.register(_stop_all_at_exit)
+os.register_at_fork(after_in_child=_forget_servers_in_child)

@@ -84,6 +84,7 @@ class ActorLoop:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._ready = threading.Event()
         self._closed = False
+        self._closed_reason = "is closed"
         self._thread_id: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -128,6 +129,12 @@ class ActorLoop:
                 self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
+    def abandon(self, reason: str) -> None:
+        """Mark the loop closed without stopping it: in a forked child, whose copy of the loop
+        has no thread. Every later call raises RuntimeClosedError with ``reason``."""
+        self._closed = True
+        self._closed_reason = reason
+
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop the loop (pending tasks are cancelled) and join the thread; True if it ended."""
         if self._closed:
@@ -153,7 +160,9 @@ class ActorLoop:
         return self._thread
 
     def in_loop_thread(self) -> bool:
-        return threading.get_ident() == self._thread_id
+        """Whether the caller runs on this loop's thread (the thread object, not its id: a
+        thread started after the loop's ended may reuse the id)."""
+        return threading.current_thread() is self._thread
 
     # -- scheduling ------------------------------------------------------------------------
     def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
@@ -162,11 +171,11 @@ class ActorLoop:
         Thread-safe. Raises RuntimeClosedError once the loop was stopped.
         """
         if self._closed and not self.in_loop_thread():
-            raise RuntimeClosedError(f"actor loop {self.name!r} is closed")
+            raise RuntimeClosedError(f"actor loop {self.name!r} {self._closed_reason}")
         try:
             hop(self._loop, callback, *args)
         except RuntimeError as exc:  # loop closed under our feet
-            raise RuntimeClosedError(f"actor loop {self.name!r} is closed") from exc
+            raise RuntimeClosedError(f"actor loop {self.name!r} {self._closed_reason}") from exc
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
         """A task on this loop (call on the loop thread) whose outcome is always retrieved.
@@ -183,7 +192,7 @@ class ActorLoop:
         """Run a coroutine on the loop; returns a concurrent future (thread-safe)."""
         if self._closed:
             coro.close()
-            raise RuntimeClosedError(f"actor loop {self.name!r} is closed")
+            raise RuntimeClosedError(f"actor loop {self.name!r} {self._closed_reason}")
         return run_coroutine(self._loop, coro)
 
     def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -195,6 +204,9 @@ class ActorLoop:
         the coroutine is cancelled too, and the interrupt goes on. A ``KeyboardInterrupt`` or
         ``SystemExit`` raised by the coroutine is re-raised here, in the calling thread.
         """
+        if self._closed:
+            coro.close()
+            raise RuntimeClosedError(f"actor loop {self.name!r} {self._closed_reason}")
         if self.in_loop_thread():
             coro.close()
             raise RuntimeError(

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 import pykka
 
+from mellea_actors._arguments import check_timeout
 from mellea_actors.errors import RuntimeClosedError
 from mellea_actors.runtime.breaker import BreakerPolicy
 from mellea_actors.runtime.crossing import await_concurrent
@@ -79,8 +80,11 @@ class ActorSystem:
         log: SupervisionLog | None = None,
         max_in_flight: int = 256,
         connect_timeout: float = 10.0,
+        queue_timeout: float | None = 300.0,
     ) -> None:
-        self.id = f"system-{os.getpid()}-{next(_ids)}"
+        self._queue_timeout = queue_timeout
+        self._pid = os.getpid()
+        self.id = f"system-{self._pid}-{next(_ids)}"
         self.log = log or SupervisionLog()
         self._max_in_flight = max_in_flight
         self._connect_timeout = connect_timeout
@@ -94,6 +98,7 @@ class ActorSystem:
         self._request_ids = itertools.count(1)  # next() is atomic: any thread
         self._close_lock = threading.Lock()  # guards the transition to ``_closed``
         self._closed = False
+        self._closed_reason = "is closed; open a new session"
         self._failed: str | None = None  # set once by the root (loop thread), read anywhere
         self._policy = policy
         self._breaker_policy = breaker_policy
@@ -140,7 +145,7 @@ class ActorSystem:
     def start_generation(self, request: GenerationRequest) -> ThunkHandle:
         """Start a thunk actor and its generation; return its handle at once (thread-safe)."""
         if self._closed:
-            raise RuntimeClosedError(f"{self.id} is closed; open a new session")
+            raise RuntimeClosedError(f"{self.id} {self._closed_reason}")
         if self._failed is not None:
             raise RuntimeClosedError(f"{self.id} gave up: {self._failed}; open a new session")
         supervisor = self.supervisor
@@ -169,6 +174,14 @@ class ActorSystem:
         whose thunk never reached the caller must not go on generating where nobody can stop
         it. Generations of a normal return (a thunk handed out) are left running.
         """
+        if self._closed or self.loop.in_loop_thread():
+            coro.close()  # never started: no "coroutine was never awaited" warning
+            if self._closed:
+                raise RuntimeClosedError(f"{self.id} {self._closed_reason}")
+            raise RuntimeError(
+                "a blocking call was made on the mellea_actors loop thread; "
+                "use the async method (await it) instead"
+            )
         return self.loop.run_sync(self._scoped(coro), timeout)
 
     async def _scoped(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -249,7 +262,10 @@ class ActorSystem:
         transport = self._transports.get(host)
         if transport is None:
             transport = OllamaTransport(
-                host, connect_timeout=self._connect_timeout, max_in_flight=self._max_in_flight
+                host,
+                connect_timeout=self._connect_timeout,
+                max_in_flight=self._max_in_flight,
+                queue_timeout=self._queue_timeout,
             )
             self._transports[host] = transport
         return transport
@@ -267,14 +283,25 @@ class ActorSystem:
 
     # -- shutdown --------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
-        """Cancel every generation, stop every actor, join the loop thread (bounded by timeout)."""
+        """Cancel every generation, stop every actor, join the loop thread (bounded by timeout).
+
+        Idempotent, and once it starts it always completes: every step is bounded and a
+        failing step does not stop the next. What could make it fail is checked first, before
+        anything is closed (so a refused close leaves the session whole, and a later close()
+        or the exit hook still closes it): a bad ``timeout`` (InvalidInputError), or a call
+        from the runtime's own loop thread, e.g. inside a validator (RuntimeError).
+        """
+        check_timeout(timeout, "timeout", allow_none=False)
+        if self.loop.in_loop_thread():
+            raise RuntimeError(
+                f"{self.id}.close() was called from its own loop thread (inside a validator, a "
+                "chunker or an actor?); close the session from your own code"
+            )
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
         _live_systems.discard(self)
-        if self.loop.in_loop_thread():
-            raise RuntimeError("ActorSystem.close() called from its own loop thread")
         with contextlib.suppress(Exception):  # children first, as in OTP
             self.supervisor.stop(timeout=timeout)
         with contextlib.suppress(Exception):
@@ -305,6 +332,24 @@ class ActorSystem:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _forget_systems_in_child() -> None:
+    """After ``os.fork()``, in the child: the systems are the parent's. Their loop threads
+    were not copied, so nothing of theirs can run here, and the exit hook must not wait for
+    them. Using one raises RuntimeClosedError saying to start a new session in the child."""
+    for system in list(_live_systems):
+        reason = (
+            f"was created in process {system._pid}, before os.fork(); this child process "
+            "must start its own session"
+        )
+        system._closed = True
+        system._closed_reason = reason
+        system.loop.abandon(reason)
+    _live_systems.clear()
+
+
+os.register_at_fork(after_in_child=_forget_systems_in_child)
 
 
 @atexit.register

@@ -37,6 +37,7 @@ from typing import Any, cast
 
 import pykka
 
+from mellea_actors._arguments import check_timeout
 from mellea_actors.errors import AskTimeoutError, RuntimeClosedError
 from mellea_actors.runtime.crossing import Waker
 from mellea_actors.runtime.messages import AwaitOutcome, StreamRead, ThunkOutcome, ThunkStatus
@@ -118,6 +119,7 @@ class ThunkHandle:
 
     def wait_outcome(self, timeout: float | None) -> ThunkOutcome:
         """Block this (plain) thread until the end; AskTimeoutError after ``timeout`` seconds."""
+        timeout = check_timeout(timeout, "timeout")
         outcome = self.cell.outcome
         if outcome is not None:
             return outcome
@@ -179,6 +181,7 @@ class ThunkHandle:
         self, timeout: float | None, *, cancel_reason: str, who: str = "iter_chunks()"
     ) -> Iterator[str]:
         """Block-iterate the text as it arrives (see the module docstring)."""
+        timeout = check_timeout(timeout, "timeout")
         cell = self.cell
         cell.claim_reader(who)
         finished = False
@@ -217,6 +220,7 @@ class ThunkHandle:
 
     async def cancel(self, reason: str = "cancelled by the user", timeout: float = 10.0) -> None:
         """Cancel and wait until the thunk ended; AskTimeoutError after ``timeout`` seconds."""
+        check_timeout(timeout, "timeout", allow_none=False)
         if self.cell.outcome is not None:
             return
         self._cancel(self.cell.request_id, reason)
@@ -230,6 +234,7 @@ class ThunkHandle:
 
     def cancel_sync(self, reason: str = "cancelled by the user", timeout: float = 10.0) -> None:
         """Blocking :meth:`cancel`, for plain threads (AskTimeoutError after ``timeout``)."""
+        check_timeout(timeout, "timeout", allow_none=False)
         if self.cell.outcome is not None:
             return
         self._cancel(self.cell.request_id, reason)

@@ -23,11 +23,12 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import pydantic
 
+from mellea_actors._arguments import check_count, check_instance, check_text, check_timeout
 from mellea_actors.backends.host_resolution import resolve_host
 from mellea_actors.backends.ollama import OllamaBackend
 from mellea_actors.core.cblock import CBlock, Component
@@ -70,6 +71,23 @@ class _Default:
 
 
 _DEFAULT_STRATEGY: Any = _Default()
+
+
+def _requirement_list(requirements: object) -> list[Requirement | str]:
+    """The ``requirements`` argument as a list (a lone str or Requirement is a mistake)."""
+    if requirements is None:
+        return []
+    if isinstance(requirements, str | Requirement):
+        raise InvalidInputError(
+            "requirements must be a list of requirements, got a single "
+            f"{type(requirements).__name__} {requirements!r} "
+            f"(did you mean requirements=[{requirements!r}]?)"
+        )
+    if not isinstance(requirements, Sequence):
+        raise InvalidInputError(
+            f"requirements must be a list, got {type(requirements).__name__}: {requirements!r}"
+        )
+    return list(requirements)
 
 
 class MelleaSession:
@@ -142,7 +160,9 @@ class MelleaSession:
         tool_calls: bool = False,
     ) -> Any:
         """Run ``action``; see the module docstring for when the thunk is computed."""
-        reqs = [reqify(r) for r in requirements or []]
+        reqs = [reqify(r) for r in _requirement_list(requirements)]
+        if strategy is not None and strategy is not _DEFAULT_STRATEGY:
+            check_instance(strategy, SamplingStrategy, "strategy")
         ctx = self.ctx
         self._begin_request(ctx)
         if not reqs or strategy is None:
@@ -194,9 +214,10 @@ class MelleaSession:
         await_result: bool = False,
     ) -> Any:
         """Instruct the model; requirements are rendered into the prompt and then checked."""
+        check_text(description, "description")
         instruction = Instruction(
             description,
-            requirements=list(requirements) if requirements else None,
+            requirements=_requirement_list(requirements) or None,
             icl_examples=icl_examples,
             grounding_context=grounding_context,
             user_variables=user_variables,
@@ -365,6 +386,7 @@ def start_session(
     restart_policy: RestartPolicy | None = None,
     breaker_policy: BreakerPolicy | None = None,
     max_in_flight: int = 256,
+    queue_timeout: float | None = 300.0,
     **backend_kwargs: Any,
 ) -> MelleaSession:
     """Start a session against Ollama.
@@ -384,6 +406,9 @@ def start_session(
         restart_policy: how the generation supervisor restarts failed generators.
         breaker_policy: when a host's circuit breaker opens and how it probes the host.
         max_in_flight: requests open at once against the host (more wait for a slot).
+        queue_timeout: the longest a request waits for a slot, in seconds, before it fails with
+            ``QueueTimeoutError`` (None: no bound). Time in the queue does not count against
+            ``ModelOption.STREAM_TIMEOUT``.
 
     Raises:
         InvalidInputError: bad arguments (unknown backend or context type, ``ctx`` together with
@@ -412,10 +437,23 @@ def start_session(
         raise InvalidInputError(
             f"unknown start_session argument(s): {', '.join(sorted(backend_kwargs))}"
         )
+    if model_id is not None:
+        check_text(model_id, "model_id", allow_empty=False)
+    if model_options is not None:
+        check_instance(model_options, Mapping, "model_options")
+    check_count(max_in_flight, "max_in_flight")
+    check_timeout(queue_timeout, "queue_timeout")
+    if restart_policy is not None:
+        check_instance(restart_policy, RestartPolicy, "restart_policy")
+    if breaker_policy is not None:
+        check_instance(breaker_policy, BreakerPolicy, "breaker_policy")
     model = model_id or os.environ.get("MELLEA_ACTORS_MODEL") or DEFAULT_MODEL
     host = resolve_host(base_url)
     system = ActorSystem(
-        policy=restart_policy, breaker_policy=breaker_policy, max_in_flight=max_in_flight
+        policy=restart_policy,
+        breaker_policy=breaker_policy,
+        max_in_flight=max_in_flight,
+        queue_timeout=queue_timeout,
     )
     try:
         backend = OllamaBackend(

@@ -121,6 +121,7 @@ import pykka
 
 from mellea_actors.backends.model_options import ModelOption
 from mellea_actors.core.cblock import CBlock
+from mellea_actors.core.context_chain import Context
 from mellea_actors.core.model_output import ModelOutputThunk
 from mellea_actors.core.requirement import (
     PartialValidationResult,
@@ -170,7 +171,6 @@ from mellea_actors.stdlib.stream_events import (
 
 if TYPE_CHECKING:
     from mellea_actors.core.backend import Backend
-    from mellea_actors.core.context_chain import Context
 
 __all__ = [
     "DEFAULT_VALIDATOR_TIMEOUT",
@@ -460,6 +460,11 @@ async def stream_with_chunking(
         )
     if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
         raise InvalidInputError(f"max_retries must be an int >= 0, got {max_retries!r}")
+    if not isinstance(ctx, Context):
+        raise InvalidInputError(
+            f"ctx must be a Context (e.g. session.ctx or SimpleContext()), got "
+            f"{type(ctx).__name__}: {ctx!r}"
+        )
     system = getattr(backend, "system", None)
     if not isinstance(system, ActorSystem):
         raise InvalidInputError(

@@ -48,8 +48,10 @@ from mellea_actors.errors import (
     BackendError,
     BackendResponseError,
     BackendUnavailableError,
+    InvalidInputError,
     ModelNotFoundError,
     ProtocolMismatchError,
+    QueueTimeoutError,
     StreamDroppedError,
     StreamTimeoutError,
 )
@@ -99,11 +101,31 @@ def _chat_body(request: GenerationRequest) -> dict[str, Any]:
     return body
 
 
-def normalize_host(host: str | None) -> str:
-    """``host:port``, ``http://host``, ``0.0.0.0`` … → a base URL like the ollama client's."""
-    if not host:
+def normalize_host(host: str | None, *, name: str = "base_url") -> str:
+    """``host:port``, ``http://host``, ``0.0.0.0`` … → a base URL like the ollama client's.
+
+    Raises InvalidInputError naming ``name`` (the parameter or variable the host came from)
+    for anything that is not a host: a non-str, a bad port, a broken IPv6 literal …
+    """
+    if host is None or host == "":
         return DEFAULT_HOST
-    return parse_host(host)
+    if not isinstance(host, str):
+        raise InvalidInputError(
+            f"{name} must be a str such as 'http://127.0.0.1:11434', got "
+            f"{type(host).__name__}: {host!r}"
+        )
+    try:
+        url = parse_host(host.strip())
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise InvalidInputError(f"{name}={host!r} is not a valid Ollama host: {exc}") from None
+    if not parsed.host or (port is not None and not 0 < port < 65536):
+        raise InvalidInputError(
+            f"{name}={host!r} is not a valid Ollama host (expected http://HOST:PORT, "
+            "PORT from 1 to 65535)"
+        )
+    return url
 
 
 DeltaCallback = Callable[[str, str], None]
@@ -112,6 +134,38 @@ DeltaCallback = Callable[[str, str], None]
 A *delta* is one streamed object's ``message.content`` (and ``message.thinking``): the unit
 Ollama sends. (A *chunk* is the unit a chunking strategy cuts the text into; see
 :mod:`mellea_actors.runtime.stream_actor`.)"""
+
+
+class _Slot:
+    """``async with``: hold one of the host's slots, waiting at most ``timeout`` seconds."""
+
+    __slots__ = ("_host", "_model", "_slots", "_timeout")
+
+    def __init__(
+        self, slots: asyncio.Semaphore, timeout: float | None, host: str, model: str
+    ) -> None:
+        self._slots = slots
+        self._timeout = timeout
+        self._host = host
+        self._model = model
+
+    async def __aenter__(self) -> None:
+        if self._timeout is None or not self._slots.locked():
+            await self._slots.acquire()
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise QueueTimeoutError(
+                f"no free slot to Ollama at {self._host} within {self._timeout} s (all "
+                "max_in_flight requests stayed open); nothing was sent",
+                host=self._host,
+                model=self._model,
+            ) from None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._slots.release()
 
 
 class _Watchdog:
@@ -200,14 +254,21 @@ def map_error(exc: BaseException, *, host: str, model: str | None) -> BackendErr
 class OllamaTransport:
     """Streams chat generations from one Ollama host (use from one event loop only).
 
-    ``max_in_flight`` caps the requests open at once (the rest wait for a slot, FIFO): a few
+    ``max_in_flight`` caps the requests open at once (the rest wait for a slot, FIFO, at most
+    ``queue_timeout`` seconds: :class:`QueueTimeoutError`; None: no bound): a few
     hundred connections saturate a local Ollama anyway, and an uncapped httpx pool spends most of
     its CPU on bookkeeping with a thousand of them.
     """
 
     def __init__(
-        self, host: str, *, connect_timeout: float = 10.0, max_in_flight: int = 256
+        self,
+        host: str,
+        *,
+        connect_timeout: float = 10.0,
+        max_in_flight: int = 256,
+        queue_timeout: float | None = 300.0,
     ) -> None:
+        self._queue_timeout = queue_timeout
         self.host = normalize_host(host)
         self._connect_timeout = connect_timeout
         self._max_in_flight = max_in_flight
@@ -242,7 +303,7 @@ class OllamaTransport:
         assert self._slots is not None
         loop = asyncio.get_running_loop()
         timeout = request.stream_timeout
-        async with self._slots:
+        async with _Slot(self._slots, self._queue_timeout, self.host, request.model):
             watchdog = None if timeout is None else _Watchdog(loop, timeout)
             try:
                 async with http.stream("POST", "/api/chat", json=_chat_body(request)) as response:
