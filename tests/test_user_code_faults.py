@@ -163,3 +163,83 @@ def test_ctrl_c_during_a_sync_instruct_cancels_its_generation(
     assert record.disconnected_at is not None and record.tokens_sent < 200
     cancelled = scripted_session.system.log.wait_for("generation_cancelled", timeout=WAIT)
     assert "interrupted" in (cancelled["reason"] or "")
+
+
+class SleepsSync(Requirement):
+    """A plain-def stream_validate that blocks its thread (time.sleep) on the second chunk."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__("sleeps")
+        self.seconds = seconds
+        self.count = 0
+
+    def stream_validate(  # type: ignore[override]
+        self, chunk: str, *, backend: Backend, ctx: Context
+    ) -> PartialValidationResult:
+        self.count += 1
+        if self.count == 2:
+            time.sleep(self.seconds)
+        return PartialValidationResult("pass")
+
+
+class SleepsAsync(SleepsSync):
+    """An async stream_validate that blocks the loop anyway (time.sleep, not asyncio.sleep)."""
+
+    async def stream_validate(  # type: ignore[override]
+        self, chunk: str, *, backend: Backend, ctx: Context
+    ) -> PartialValidationResult:
+        self.count += 1
+        if self.count == 2:
+            time.sleep(self.seconds)
+        return PartialValidationResult("pass")
+
+
+async def test_a_blocking_sync_validator_stalls_no_other_stream_and_misses_its_deadline(
+    scripted: ScriptedOllama, scripted_session: MelleaSession
+) -> None:
+    """Regression: a blocking (synchronous) stream_validate froze every stream of the session
+    and validator_timeout was never enforced for it (a 0.6 s check passed a 0.5 s deadline)."""
+    bystander_script = Script(tokens=tuple(f"b{i} " for i in range(60)), delay=0.02)
+    scripted.set_script(
+        lambda record: bystander_script if "bystander" in str(record.messages) else SENTENCES
+    )
+    bystander = await scripted_session.ainstruct("bystander", model_options=STREAM)
+    result = await stream_with_chunking(
+        Instruction("x"),
+        scripted_session.backend,
+        scripted_session.ctx,
+        requirements=[SleepsSync(1.5)],
+        validator_timeout=0.5,
+    )
+    gaps: list[float] = []
+    last = time.monotonic()
+    while not bystander.is_computed():
+        await asyncio.wait_for(bystander.astream(), WAIT)
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+    async with asyncio.timeout(WAIT):
+        events = [e async for e in result.events()]
+    error = events[-2]
+    assert isinstance(error, ErrorEvent) and error.exception_type == "ValidatorTimeoutError"
+    assert max(gaps) < 0.5, f"another stream stalled {max(gaps):.2f} s"
+    started = time.monotonic()
+    await asyncio.to_thread(scripted_session.close)
+    assert time.monotonic() - started < 3.0
+
+
+async def test_the_deadline_holds_for_an_async_validator_that_blocks_the_loop(
+    scripted: ScriptedOllama, scripted_session: MelleaSession
+) -> None:
+    scripted.set_script(SENTENCES)
+    result = await stream_with_chunking(
+        Instruction("x"),
+        scripted_session.backend,
+        scripted_session.ctx,
+        requirements=[SleepsAsync(0.6)],
+        validator_timeout=0.5,
+    )
+    async with asyncio.timeout(WAIT):
+        events = [e async for e in result.events()]
+    error = events[-2]
+    assert isinstance(error, ErrorEvent) and error.exception_type == "ValidatorTimeoutError"

@@ -233,6 +233,8 @@ class ValidatorActor(RuntimeActor):
         what = "the final validation" if index is None else f"chunk {index}"
         deadline = asyncio.timeout(self.timeout)
         fault: ValidatorError
+        loop = self.actor_loop.loop
+        started = loop.time()
         try:
             async with deadline:
                 if index is None:
@@ -240,8 +242,13 @@ class ValidatorActor(RuntimeActor):
                 else:
                     assert text is not None
                     result = await check.check_chunk(index, text)
+            if self.timeout is not None and loop.time() - started > self.timeout:
+                # A check that blocked the loop past its deadline could not be cancelled; its
+                # late answer does not count, so the deadline holds for every kind of check.
+                raise TimeoutError
         except TimeoutError as exc:
-            if deadline.expired():
+            late = self.timeout is not None and loop.time() - started > self.timeout
+            if deadline.expired() or late:
                 fault = _fault(
                     ValidatorTimeoutError,
                     f"validator {self.actor_id} ({check.label}) did not answer {what} within "

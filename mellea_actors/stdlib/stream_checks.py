@@ -16,6 +16,7 @@ validator, the segmenter by the stream's reader task); the rest runs where
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from mellea_actors.core.requirement import PartialValidationResult, Requirement, ValidationResult
 from mellea_actors.errors import InvalidInputError, InvalidVerdictError
+from mellea_actors.runtime.crossing import in_thread
 from mellea_actors.runtime.stream_contract import StreamAttempt
 from mellea_actors.stdlib.chunking import (
     ChunkingStrategy,
@@ -56,6 +58,23 @@ def requirement_label(requirement: Requirement) -> str:
     return name
 
 
+async def _call_user_code(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a requirement's method from the actor loop without letting it block the loop.
+
+    A coroutine function runs on the loop (it is expected to await; one that blocks anyway is
+    caught by the validator's deadline once it returns). Anything else — a plain ``def`` that
+    may sleep, call a model synchronously, or spin — runs in a worker thread, so it delays
+    only its own verdict and the validator's deadline cancels the wait for it (the thread
+    itself cannot be interrupted and finishes in the background).
+    """
+    if inspect.iscoroutinefunction(method):
+        return await method(*args, **kwargs)
+    result = await in_thread(functools.partial(method, *args, **kwargs))
+    if inspect.isawaitable(result):  # a plain def that returned a coroutine
+        result = await result
+    return result
+
+
 class RequirementCheck:
     """A requirement copy as a runtime ``ValidationCheck`` (used on the actor loop only)."""
 
@@ -68,9 +87,9 @@ class RequirementCheck:
         self.label = requirement_label(requirement)
 
     async def check_chunk(self, index: int, text: str) -> PartialValidationResult:
-        result: Any = self.requirement.stream_validate(text, backend=self.backend, ctx=self.ctx)
-        if inspect.isawaitable(result):
-            result = await result
+        result: Any = await _call_user_code(
+            self.requirement.stream_validate, text, backend=self.backend, ctx=self.ctx
+        )
         if not isinstance(result, PartialValidationResult):
             raise InvalidVerdictError(
                 f"{self.label}.stream_validate() returned {type(result).__name__} {result!r} for "
@@ -79,9 +98,7 @@ class RequirementCheck:
         return result
 
     async def check_final(self) -> ValidationResult:
-        result: Any = self.requirement.validate(self.backend, self.ctx)
-        if inspect.isawaitable(result):
-            result = await result
+        result: Any = await _call_user_code(self.requirement.validate, self.backend, self.ctx)
         if not isinstance(result, ValidationResult):
             raise InvalidVerdictError(
                 f"{self.label}.validate() returned {type(result).__name__} {result!r}; "
