@@ -316,3 +316,32 @@ async def test_thread_count_does_not_grow_with_live_thunks(scripted: ScriptedOll
         await wait_for_all_mots(thunks)
         assert all(t.value == "ab" for t in thunks)
         assert threading.active_count() <= bound
+
+
+async def test_the_seed_loop_prints_a_story_that_finished_before_the_loop(
+    scripted: ScriptedOllama, scripted_session: MelleaSession
+) -> None:
+    """Regression: `while not mot.is_computed(): print(await mot.astream())` printed nothing
+    when the generation had ended before the first astream(): is_computed() was already True.
+    A streamed thunk is computed once its reader read it (as in Mellea)."""
+    scripted.enqueue(Script(tokens=TOKENS))
+    mot = await scripted_session.ainstruct("a story", model_options=STREAM)
+    await asyncio.to_thread(scripted.wait_for_requests, 1, 5.0, finished=True)
+    await asyncio.to_thread(
+        scripted_session.system.log.wait_for, "actor_stopped", thunk=mot.request_id, timeout=5
+    )
+    assert mot.value == "".join(TOKENS)  # it ended …
+    printed = []
+    while not mot.is_computed():  # … and the seed's loop still runs
+        printed.append(await mot.astream())
+    assert "".join(printed) == "".join(TOKENS)
+    assert mot.is_computed()
+
+
+async def test_a_streamed_thunk_whose_value_was_taken_is_computed(
+    scripted: ScriptedOllama, scripted_session: MelleaSession
+) -> None:
+    scripted.enqueue(Script(tokens=TOKENS))
+    mot = await scripted_session.ainstruct("a story", model_options=STREAM)
+    assert await mot.avalue() == "".join(TOKENS)
+    assert mot.is_computed() and str(mot) == "".join(TOKENS)

@@ -27,9 +27,11 @@ Semantics (SPEC §3), stated precisely:
   loses nothing and does not stop the generation: the reader's cursor only moves when a call
   returns, so the next call returns what the cancelled one would have.
 * ``is_computed()`` is True once the generation has ended with a value (computed, or cancelled:
-  then ``value`` is the partial text and ``cancelled`` is True) — and, if a reader has started
-  streaming, once that reader has read everything, so that ``while not mot.is_computed(): print(
-  await mot.astream())`` prints the whole text exactly once. A failed thunk is never computed.
+  then ``value`` is the partial text and ``cancelled`` is True) and its reader is done with it:
+  a streamed thunk that ended on its own is computed once its reader read everything or took
+  the value (``avalue``/``wait``), so that ``while not mot.is_computed(): print(await
+  mot.astream())`` prints the whole text exactly once, also when the generation ended before
+  the loop began. A failed thunk is never computed.
 * ``await cancel()`` stops the generation: the HTTP stream to Ollama is closed within
   milliseconds. It returns once the thunk has ended.
 

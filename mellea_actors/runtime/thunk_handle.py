@@ -90,14 +90,24 @@ class ThunkHandle:
         return outcome is not None and outcome.status is ThunkStatus.CANCELLED
 
     def is_computed(self) -> bool:
-        """True once the value is final and — if this handle's reader started streaming and did
-        not take the value — that reader has read everything. Never for a failed generation."""
+        """True once the value is final and its reader is done with it. Never for a failed
+        generation; at once for a cancelled one.
+
+        A streamed generation (``ModelOption.STREAM``) that ended on its own counts as computed
+        once its reader read it all (``astream``/``iter_chunks``) or took the value
+        (``avalue``/``wait``) — not before, even if it ended long ago, as in Mellea, where a
+        streamed thunk is computed by reading it. That is what lets the seed's
+        ``while not mot.is_computed(): print(await mot.astream())`` print the story once even
+        when the generation finished before the loop started.
+        """
         outcome = self.cell.outcome
         if outcome is None or outcome.status is ThunkStatus.FAILED:
             return False
-        if self.stream_started and not self.value_returned:
+        if self.value_returned or outcome.status is ThunkStatus.CANCELLED:
+            return True
+        if self.stream_started:
             return self.cursor >= len(outcome.deltas)
-        return True
+        return not self.streamed
 
     # -- the outcome ----------------------------------------------------------------------------
     async def outcome(self) -> ThunkOutcome:
