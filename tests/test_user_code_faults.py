@@ -173,13 +173,16 @@ class SleepsSync(Requirement):
         self.seconds = seconds
         self.count = 0
 
-    def stream_validate(  # type: ignore[override]
-        self, chunk: str, *, backend: Backend, ctx: Context
-    ) -> PartialValidationResult:
+    def _judge(self) -> PartialValidationResult:
         self.count += 1
         if self.count == 2:
             time.sleep(self.seconds)
         return PartialValidationResult("pass")
+
+    def stream_validate(  # type: ignore[override]
+        self, chunk: str, *, backend: Backend, ctx: Context
+    ) -> PartialValidationResult:
+        return self._judge()
 
 
 class SleepsAsync(SleepsSync):
@@ -188,10 +191,7 @@ class SleepsAsync(SleepsSync):
     async def stream_validate(  # type: ignore[override]
         self, chunk: str, *, backend: Backend, ctx: Context
     ) -> PartialValidationResult:
-        self.count += 1
-        if self.count == 2:
-            time.sleep(self.seconds)
-        return PartialValidationResult("pass")
+        return self._judge()
 
 
 async def test_a_blocking_sync_validator_stalls_no_other_stream_and_misses_its_deadline(
