@@ -20,10 +20,12 @@ Ownership, precisely:
   ``first_delta_at``) are written only by the running generator task (on the same thread,
   between two awaits), its control fields (``cancel_reason``, ``fail_with``, ``task``,
   ``attempt``) only by handlers.
-* A generator task never changes supervisor state. It tells its thunk the deltas and — when it
-  is cancelled — the final ``GenerationCancelled``/``GenerationFailed`` *directly* (so the thunk
-  ends even while the supervisor itself is stopping), and it always reports its exit to the
-  supervisor with a ``GeneratorExited`` message, on which the supervisor decides.
+* A generator task never changes supervisor state. It tells its thunk the deltas, and reports
+  its exit to the supervisor with a ``GeneratorExited`` message, on which the supervisor
+  decides. A *cancelled* generator's end — also one cancelled before it ever ran — is told by
+  the task's done callback (``_generator_done``): the final ``GenerationCancelled`` or
+  ``GenerationFailed`` goes *directly* to the thunk, so it ends even while the supervisor
+  itself is stopping.
 
 The transport is anything that has the shape of :class:`ChatTransport`
 (:class:`~mellea_actors.transport.ollama_http.OllamaTransport` in production, a fake in the unit
@@ -249,8 +251,10 @@ class GenerationSupervisor(RuntimeActor):
         gen.task = task
 
     def _generator_done(self, gen: _Generation, attempt: int, task: asyncio.Task[None]) -> None:
-        """A generator task ended (loop thread). A task cancelled before its first step never
-        ran ``_generate``, so nobody told its thunk: end the thunk here, as ``_generate`` would.
+        """A generator task ended (loop thread). Every cancelled generator ends here, whether
+        the cancel landed before its first step (``_generate`` never ran) or inside it (it
+        flushed its deltas and re-raised): the thunk is told here, not via the supervisor's
+        mailbox, since the supervisor may be stopping.
         """
         if task.cancelled():
             self._end_cancelled(gen)
@@ -471,11 +475,8 @@ class GenerationSupervisor(RuntimeActor):
             transport = self.transport_for(request.host)
             final = await transport.stream_chat(request, on_delta)
         except asyncio.CancelledError:
-            batch.flush()
-            # Tell the thunk here, not via the supervisor: the supervisor may be stopping.
-            self._end_cancelled(gen)
-            self._report(GeneratorExited(request.request_id, attempt, gen.deltas, cancelled=True))
-            return
+            batch.flush()  # the deltas reach the thunk before _generator_done ends it
+            raise
         except BaseException as exc:
             batch.flush()
             error: BaseException = exc
