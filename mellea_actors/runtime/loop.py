@@ -195,15 +195,10 @@ class ActorLoop:
             raise RuntimeClosedError(f"actor loop {self.name!r} {self._closed_reason}")
         return run_coroutine(self._loop, coro)
 
-    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run a coroutine on the loop and block this thread until it is done.
-
-        Works from any thread but the loop's own (which would deadlock: RuntimeError), also from
-        a thread whose own event loop is running. On timeout the coroutine is cancelled and
-        AskTimeoutError is raised; if this thread's wait is interrupted (``KeyboardInterrupt``)
-        the coroutine is cancelled too, and the interrupt goes on. A ``KeyboardInterrupt`` or
-        ``SystemExit`` raised by the coroutine is re-raised here, in the calling thread.
-        """
+    def refuse_blocking_call(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Raise (after closing ``coro``, which then never ran) if a blocking call on this loop
+        cannot be made now: RuntimeClosedError once the loop is closed, RuntimeError on the
+        loop's own thread (it would deadlock)."""
         if self._closed:
             coro.close()
             raise RuntimeClosedError(f"actor loop {self.name!r} {self._closed_reason}")
@@ -213,6 +208,17 @@ class ActorLoop:
                 "a blocking call was made on the mellea_actors loop thread; "
                 "use the async method (await it) instead"
             )
+
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the loop and block this thread until it is done.
+
+        Works from any thread but the loop's own (which would deadlock: RuntimeError), also from
+        a thread whose own event loop is running. On timeout the coroutine is cancelled and
+        AskTimeoutError is raised; if this thread's wait is interrupted (``KeyboardInterrupt``)
+        the coroutine is cancelled too, and the interrupt goes on. A ``KeyboardInterrupt`` or
+        ``SystemExit`` raised by the coroutine is re-raised here, in the calling thread.
+        """
+        self.refuse_blocking_call(coro)
         future = self.run_coroutine(_carry_interrupts(coro))
         try:
             return future.result(timeout)

@@ -174,14 +174,10 @@ class ActorSystem:
         whose thunk never reached the caller must not go on generating where nobody can stop
         it. Generations of a normal return (a thunk handed out) are left running.
         """
-        if self._closed or self.loop.in_loop_thread():
+        if self._closed:
             coro.close()  # never started: no "coroutine was never awaited" warning
-            if self._closed:
-                raise RuntimeClosedError(f"{self.id} {self._closed_reason}")
-            raise RuntimeError(
-                "a blocking call was made on the mellea_actors loop thread; "
-                "use the async method (await it) instead"
-            )
+            raise RuntimeClosedError(f"{self.id} {self._closed_reason}")
+        self.loop.refuse_blocking_call(coro)  # checked on ``coro``, not on the wrapper below
         return self.loop.run_sync(self._scoped(coro), timeout)
 
     async def _scoped(self, coro: Coroutine[Any, Any, T]) -> T:

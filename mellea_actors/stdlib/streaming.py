@@ -113,12 +113,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import pykka
 
+from mellea_actors._arguments import check_count, check_timeout
 from mellea_actors.backends.model_options import ModelOption
 from mellea_actors.core.cblock import CBlock
 from mellea_actors.core.context_chain import Context
@@ -448,18 +448,8 @@ async def stream_with_chunking(
         raise InvalidInputError(
             f"validator_failure must be one of {FAULT_POLICIES}, got {validator_failure!r}"
         )
-    if validator_timeout is not None and (
-        isinstance(validator_timeout, bool)
-        or not isinstance(validator_timeout, int | float)
-        or not validator_timeout > 0
-        or math.isinf(validator_timeout)
-    ):
-        raise InvalidInputError(
-            f"validator_timeout must be a positive number of seconds or None, "
-            f"got {validator_timeout!r}"
-        )
-    if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-        raise InvalidInputError(f"max_retries must be an int >= 0, got {max_retries!r}")
+    check_timeout(validator_timeout, "validator_timeout")
+    check_count(max_retries, "max_retries", minimum=0)
     if not isinstance(ctx, Context):
         raise InvalidInputError(
             f"ctx must be a Context (e.g. session.ctx or SimpleContext()), got "
