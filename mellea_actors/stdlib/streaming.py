@@ -256,13 +256,7 @@ class StreamChunkingResult:
         after it) return normally. Raises ``AskTimeoutError`` after ``timeout`` seconds (the run
         goes on). Cancelling the awaiting task does not cancel the run.
         """
-        try:
-            async with asyncio.timeout(timeout):
-                await self._journal.wait_done()
-        except TimeoutError as exc:
-            raise AskTimeoutError(
-                f"stream {self.request_id} did not complete within {timeout} s"
-            ) from exc
+        await self._wait_done(timeout, "complete")
         self._journal.raise_error_once()
 
     # -- cancel --------------------------------------------------------------------------------
@@ -281,12 +275,16 @@ class StreamChunkingResult:
         # ActorDeadError: it ended meanwhile (or aborted): its outcome is published
         with contextlib.suppress(pykka.ActorDeadError, RuntimeClosedError):
             await ask_async(self._actor, CancelStream(reason), timeout=timeout)
+        await self._wait_done(timeout, "end", " of its cancel")
+
+    async def _wait_done(self, timeout: float | None, verb: str, after: str = "") -> None:
+        """Wait until the run is over; AskTimeoutError after ``timeout`` seconds."""
         try:
             async with asyncio.timeout(timeout):
                 await self._journal.wait_done()
         except TimeoutError as exc:
             raise AskTimeoutError(
-                f"stream {self.request_id} did not end within {timeout} s of its cancel"
+                f"stream {self.request_id} did not {verb} within {timeout} s{after}"
             ) from exc
 
     async def __aenter__(self) -> StreamChunkingResult:
