@@ -3,7 +3,6 @@ request reaches the server; shutdown refuses cleanly or completes."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -199,13 +198,3 @@ def test_a_forked_child_exits_at_once_and_must_start_its_own_session(
     assert code == "0", proc.stderr
     assert float(took) < 3.0
 
-
-def test_stale_asyncio_loop_is_not_needed(scripted: ScriptedOllama) -> None:
-    """A sync call from a thread whose own loop runs (a notebook cell) still works after the
-    checks above were added in front of it."""
-    with start_session(model_id=SCRIPTED_MODEL, base_url=scripted.base_url) as m:
-
-        async def cell() -> str | None:
-            return m.instruct("x").value
-
-        assert asyncio.run(cell())
