@@ -11,7 +11,8 @@ import pykka
 import pytest
 
 from mellea_actors.errors import AskTimeoutError
-from mellea_actors.runtime.loop import ActorLoop, LoopActor, ask_async
+from mellea_actors.runtime.crossing import Waker
+from mellea_actors.runtime.loop import ActorLoop, LoopActor, ask_async, tell_here
 
 
 class Echo(LoopActor):
@@ -167,3 +168,44 @@ def test_stopped_loop_rejects_work_and_its_thread_ends() -> None:
     assert not loop.thread.is_alive()
     with pytest.raises(pykka.ActorDeadError):
         ref.ask("x", timeout=1)
+
+
+def test_tell_here_is_handled_at_once_on_the_loop_and_queued_elsewhere(
+    actor_loop: ActorLoop,
+) -> None:
+    ref = Echo.start(actor_loop)
+    seen_at_once: list[bool] = []
+
+    def on_loop() -> None:
+        echo = ref.actor_inbox._actor  # type: ignore[attr-defined]
+        before = len(echo.seen)
+        tell_here(ref, "now")
+        seen_at_once.append(len(echo.seen) == before + 1)  # handled before tell_here returned
+
+    done = threading.Event()
+    actor_loop.call_soon(lambda: (on_loop(), done.set()))
+    assert done.wait(5.0) and seen_at_once == [True]
+    tell_here(ref, "from a thread")  # queued: handled later, on the loop thread
+    assert ref.ask("sync", timeout=5.0)[1] == actor_loop.thread.name
+    echo = ref.actor_inbox._actor  # type: ignore[attr-defined]
+    assert echo.seen == ["now", "from a thread", "sync"]
+    ref.stop()
+    with pytest.raises(pykka.ActorDeadError):
+        tell_here(ref, "late")
+
+
+async def test_wakes_from_the_loop_are_batched_and_none_is_lost(actor_loop: ActorLoop) -> None:
+    """A thousand wakers of this loop, woken by one callback on the actor loop: every one wakes
+    (batched into few thread crossings), and a wake sent just before the actor loop stops is
+    handed over too (flush_wakes)."""
+    wakers = [Waker.for_running_loop() for _ in range(1000)]
+    actor_loop.call_soon(lambda: [w.wake() for w in wakers])
+    async with asyncio.timeout(5.0):
+        await asyncio.gather(*(w.wait() for w in wakers))
+
+    other = ActorLoop("mellea-actors-test-2").start()
+    last = Waker.for_running_loop()
+    other.call_soon(lambda: (last.wake(), other.loop.stop()))
+    async with asyncio.timeout(5.0):
+        await last.wait()
+    assert other.stop(5.0)

@@ -14,6 +14,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pykka
 import pytest
@@ -88,16 +89,16 @@ class FakeTransport:
         self.host_up = threading.Event()
         self.version_calls = 0
 
-    async def stream_chat(self, request: GenerationRequest, on_delta: object) -> FakeFinal:
-        assert callable(on_delta)
+    async def stream_chat(self, request: GenerationRequest, sink: Any) -> FakeFinal:
         self.calls.append(request)
         attempt = self.attempts.popleft() if self.attempts else self.default
         assert attempt is not None, "the test did not script this stream_chat call"
         try:
             for n, delta in enumerate(attempt.deltas, 1):
                 content, thinking = delta if isinstance(delta, tuple) else (delta, "")
-                on_delta(content, thinking)
+                sink.add(content, thinking)
                 if n % attempt.tick_every == 0:
+                    sink.flush()  # the end of one network read
                     await asyncio.sleep(0)  # the next network read: a new loop tick
             if attempt.error is not None:
                 raise attempt.error
@@ -223,7 +224,7 @@ def test_eval_count_missing_falls_back_to_the_delta_count(actor_loop: ActorLoop)
 TRANSIENT = [
     pytest.param(lambda: BackendUnavailableError(f"refused at {HOST}", host=HOST), id="refused"),
     pytest.param(lambda: StreamDroppedError("dropped", host=HOST), id="dropped"),
-    pytest.param(lambda: BackendResponseError("HTTP 503", status_code=503, host=HOST), id="503"),
+    pytest.param(lambda: BackendResponseError("HTTP 502", status_code=502, host=HOST), id="502"),
 ]
 
 

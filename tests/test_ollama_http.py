@@ -7,6 +7,7 @@ generation supervisor does on the runtime's loop.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -25,6 +26,21 @@ from mellea_actors.transport.ollama_http import OllamaTransport
 from .conftest import SCRIPTED_MODEL
 
 WAIT = 10.0
+
+
+class Sink:
+    """A DeltaSink calling ``on_delta(content, thinking)`` per delta; counts the flushes."""
+
+    def __init__(self, on_delta: Callable[[str, str], object] | None = None) -> None:
+        self.on_delta = on_delta
+        self.flushes = 0
+
+    def add(self, content: str, thinking: str) -> None:
+        if self.on_delta is not None:
+            self.on_delta(content, thinking)
+
+    def flush(self) -> None:
+        self.flushes += 1
 
 
 def request(
@@ -46,7 +62,7 @@ async def test_deltas_in_order_and_the_final_object(scripted: ScriptedOllama) ->
     deltas: list[str] = []
     try:
         final = await transport.stream_chat(
-            request(scripted.base_url), lambda content, _thinking: deltas.append(content)
+            request(scripted.base_url), Sink(lambda content, _thinking: deltas.append(content))
         )
     finally:
         await transport.aclose()
@@ -74,7 +90,7 @@ async def test_faults_are_mapped_once_at_the_boundary(
     try:
         with pytest.raises(error) as caught:
             await transport.stream_chat(
-                request(scripted.base_url), lambda content, _t: deltas.append(content)
+                request(scripted.base_url), Sink(lambda content, _t: deltas.append(content))
             )
     finally:
         await transport.aclose()
@@ -91,7 +107,7 @@ async def test_a_refused_connection_names_the_host() -> None:
     transport = OllamaTransport("http://127.0.0.1:9", connect_timeout=2.0)
     try:
         with pytest.raises(BackendUnavailableError, match=r"127\.0\.0\.1:9"):
-            await transport.stream_chat(request("http://127.0.0.1:9"), lambda c, t: None)
+            await transport.stream_chat(request("http://127.0.0.1:9"), Sink())
     finally:
         await transport.aclose()
 
@@ -101,7 +117,7 @@ async def test_a_stall_past_the_stream_timeout(scripted: ScriptedOllama) -> None
     transport = OllamaTransport(scripted.base_url)
     try:
         with pytest.raises(StreamTimeoutError, match="STREAM_TIMEOUT"):
-            await transport.stream_chat(request(scripted.base_url, timeout=0.2), lambda c, t: None)
+            await transport.stream_chat(request(scripted.base_url, timeout=0.2), Sink())
     finally:
         await transport.aclose()
     record = await asyncio.to_thread(scripted.wait_for_disconnect, 0, WAIT)
@@ -113,7 +129,7 @@ async def test_cancelling_the_caller_closes_the_connection(scripted: ScriptedOll
     transport = OllamaTransport(scripted.base_url)
     first = asyncio.Event()
     task = asyncio.ensure_future(
-        transport.stream_chat(request(scripted.base_url), lambda c, t: first.set())
+        transport.stream_chat(request(scripted.base_url), Sink(lambda c, t: first.set()))
     )
     try:
         async with asyncio.timeout(WAIT):
@@ -148,7 +164,9 @@ async def test_unicode_line_separators_inside_a_delta_keep_the_stream(
     transport = OllamaTransport(scripted.base_url)
     deltas: list[str] = []
     try:
-        await transport.stream_chat(request(scripted.base_url), lambda c, _t: deltas.append(c))
+        await transport.stream_chat(
+            request(scripted.base_url), Sink(lambda c, _t: deltas.append(c))
+        )
     finally:
         await transport.aclose()
     assert deltas == list(tokens)
@@ -172,7 +190,7 @@ async def test_a_200_answer_that_is_not_ndjson_names_the_host_and_shows_it() -> 
     transport = OllamaTransport(host)
     try:
         with pytest.raises(ProtocolMismatchError) as caught:
-            await transport.stream_chat(request(host), lambda c, t: None)
+            await transport.stream_chat(request(host), Sink())
     finally:
         await transport.aclose()
         server.close()

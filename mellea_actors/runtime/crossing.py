@@ -22,8 +22,13 @@ runtime's own loop. Every crossing goes through the primitives here, in the spir
 Guarantees, stated once:
 
 * Nothing here blocks the producer: ``wake``/``set``/``put``/``close`` take a short lock at most
-  and schedule the wake-up with one ``call_soon_threadsafe`` (about 30 µs; a plain thread is
-  woken through a ``threading.Event``).
+  and schedule the wake-up with one ``call_soon_threadsafe`` (a plain thread is woken through a
+  ``threading.Event``).
+* Wake-ups are batched per tick: what the callbacks of one loop (the runtime's) wake on another
+  loop during one iteration is handed over in *one* ``call_soon_threadsafe`` per target loop,
+  early in the next iteration (:class:`_WakeBatch`), so a thousand readers woken by one network
+  read cost one thread crossing, not a thousand. A loop that stops hands over what is left
+  (:func:`flush_wakes`, called by the runtime's loop before it closes).
 * A waiter whose loop is already closed is skipped silently: nobody is left to wake.
 * Every wait is cancellable, and a cancelled wait loses nothing: ``Channel.get`` only removes an
   item when it returns it; a ``Signal`` stays set.
@@ -47,6 +52,7 @@ __all__ = [
     "Signal",
     "Waker",
     "await_concurrent",
+    "flush_wakes",
     "hop",
     "in_thread",
     "interrupt_behind",
@@ -108,16 +114,81 @@ def interrupt_behind(error: BaseException | None) -> KeyboardInterrupt | None:
     return None
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+_running_loop = asyncio._get_running_loop
+"""The loop running in this thread, or None (asyncio's own fast path: no exception)."""
 
 
 def _settle(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def _settle_all(futures: list[asyncio.Future[None]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
+
+
+WAKE_COALESCE = 0.001
+"""Seconds: at most one hand-over of batched wake-ups per target loop in this interval."""
+
+
+class _WakeBatch:
+    """The wake-ups that one loop's callbacks sent to *other* loops, handed over in batches.
+
+    One ``call_soon_threadsafe`` per target loop (one self-pipe write, one wake-up of the
+    target's thread, one GIL hand-over) carries every reader woken since the last hand-over,
+    instead of one each. When the last hand-over is older than :data:`WAKE_COALESCE` the next
+    one goes early in the source loop's next iteration; otherwise it waits until that interval
+    has passed, so under load a thread crossing carries many wake-ups and delivery is delayed by
+    at most that interval. Owned by the source loop's thread (it lives in that thread's
+    ``threading.local``); only that thread touches it.
+    """
+
+    __slots__ = ("_last", "_loop", "_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pending: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        self._last = 0.0
+
+    def add(self, target: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+        futures = self._pending.get(target)
+        if futures is not None:
+            futures.append(future)
+            return
+        if not self._pending:
+            loop = self._loop
+            delay = self._last + WAKE_COALESCE - loop.time()
+            if delay <= 0:
+                loop.call_soon(self._flush)
+            else:
+                loop.call_later(delay, self._flush)
+        self._pending[target] = [future]
+
+    def _flush(self) -> None:
+        self._last = self._loop.time()
+        pending, self._pending = self._pending, {}
+        for target, futures in pending.items():
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody to wake
+                target.call_soon_threadsafe(_settle_all, futures)
+
+
+_batches = threading.local()
+
+
+def flush_wakes() -> None:
+    """Hand over now the wake-ups this thread's loop batched (before that loop closes)."""
+    batch: _WakeBatch | None = getattr(_batches, "batch", None)
+    if batch is not None:
+        batch._flush()
+
+
+def _wake_batch(loop: asyncio.AbstractEventLoop) -> _WakeBatch:
+    batch: _WakeBatch | None = getattr(_batches, "batch", None)
+    if batch is None or batch._loop is not loop:
+        batch = _batches.batch = _WakeBatch(loop)
+    return batch
 
 
 class Waker:
@@ -156,9 +227,16 @@ class Waker:
         if self._event is not None:
             self._event.set()
             return
-        assert self._loop is not None and self._future is not None
-        with contextlib.suppress(RuntimeError):  # the waiter's loop is closed: nobody to wake
-            hop(self._loop, _settle, self._future)
+        loop, future = self._loop, self._future
+        assert loop is not None and future is not None
+        here = _running_loop()
+        if here is loop:
+            loop.call_soon(_settle, future)
+        elif here is not None:  # from another loop's callback: handed over once per tick
+            _wake_batch(here).add(loop, future)
+        else:
+            with contextlib.suppress(RuntimeError):  # the waiter's loop is closed: nobody
+                loop.call_soon_threadsafe(_settle, future)  # to wake
 
     async def wait(self) -> None:
         """Wait until woken (the waiter's loop only; cancellable)."""

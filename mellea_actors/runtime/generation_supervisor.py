@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ from mellea_actors.errors import (
 )
 from mellea_actors.runtime.actor_base import RuntimeActor, handles
 from mellea_actors.runtime.breaker import BreakerPolicy, CircuitBreaker
-from mellea_actors.runtime.loop import ActorLoop
+from mellea_actors.runtime.loop import ActorLoop, tell_here
 from mellea_actors.runtime.messages import (
     CancelGeneration,
     ChildCrashed,
@@ -72,7 +73,7 @@ from mellea_actors.runtime.restart_policy import RestartIntensity, RestartPolicy
 
 if TYPE_CHECKING:
     from mellea_actors.runtime.log import SupervisionLog
-    from mellea_actors.transport.ollama_http import DeltaCallback, FinalObject
+    from mellea_actors.transport.ollama_http import DeltaSink, FinalObject
 
 __all__ = ["ChatTransport", "GenerationSupervisor"]
 
@@ -80,10 +81,8 @@ __all__ = ["ChatTransport", "GenerationSupervisor"]
 class ChatTransport(Protocol):
     """What the supervisor needs from the transport of one host (used on the actor loop only)."""
 
-    async def stream_chat(
-        self, request: GenerationRequest, on_delta: DeltaCallback
-    ) -> FinalObject:
-        """Stream one chat, calling ``on_delta`` per delta; raise a ``BackendError`` subclass.
+    async def stream_chat(self, request: GenerationRequest, sink: DeltaSink) -> FinalObject:
+        """Stream one chat into ``sink``; raise a ``BackendError`` subclass.
 
         Cancelling the calling task must close the connection."""
         ...
@@ -109,44 +108,64 @@ class _Generation:
     deltas: int = 0
     first_delta_at: float | None = None
     started_at: float = field(default_factory=time.monotonic)
+    busy_retries: int = 0
+    """Attempts that the host answered "server busy" (503): retried, not counted as restarts."""
 
 
 class _DeltaBatch:
-    """Gathers the deltas received in one loop tick into one ``DeltasArrived`` (loop thread).
+    """The generator's :class:`~mellea_actors.transport.ollama_http.DeltaSink` (loop thread).
 
-    Several deltas often arrive in one network read; one message for all of them saves a mailbox
-    round per delta. ``flush()`` must run before the generator's final message to the thunk.
+    The transport adds the deltas of one network read, then flushes: the thunk actor gets them
+    in one ``DeltasArrived``, handled at once (the same-loop fast path,
+    :func:`~mellea_actors.runtime.loop.tell_here`: the generator and the thunk actor share the
+    loop). A transport that never flushes is covered by a flush scheduled for the end of the
+    tick. ``flush()`` must run before the generator's final message to the thunk.
     """
 
-    __slots__ = ("_at", "_loop", "_scheduled", "_texts", "_thinking", "_thunk")
+    __slots__ = ("_at", "_gen", "_loop", "_on_first", "_scheduled", "_texts", "_thinking")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, thunk: pykka.ActorRef[Any]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        gen: _Generation,
+        on_first: Callable[[], None],
+    ) -> None:
         self._loop = loop
-        self._thunk = thunk
+        self._gen = gen
+        self._on_first = on_first
         self._texts: list[str] = []
         self._thinking: list[str] = []
         self._scheduled = False
         self._at = 0.0
 
     def add(self, content: str, thinking: str) -> None:
-        if not self._scheduled:
-            self._scheduled = True
+        gen = self._gen
+        if not self._texts and not self._thinking:
             self._at = time.monotonic()
-            self._loop.call_soon(self.flush)
+            if not self._scheduled:
+                self._scheduled = True
+                self._loop.call_soon(self._end_of_tick)
+        if gen.deltas == 0:
+            gen.first_delta_at = self._at
+            self._on_first()
+        gen.deltas += 1
         if content:
             self._texts.append(content)
         if thinking:
             self._thinking.append(thinking)
 
-    def flush(self) -> None:
+    def _end_of_tick(self) -> None:
         self._scheduled = False
+        self.flush()
+
+    def flush(self) -> None:
         if not self._texts and not self._thinking:
             return
         message = DeltasArrived(tuple(self._texts), "".join(self._thinking), self._at)
         self._texts.clear()
         self._thinking.clear()
         with contextlib.suppress(pykka.ActorDeadError):  # a crashed thunk: reported elsewhere
-            self._thunk.tell(message)
+            tell_here(self._gen.thunk, message)
 
 
 class GenerationSupervisor(RuntimeActor):
@@ -166,9 +185,7 @@ class GenerationSupervisor(RuntimeActor):
         parent_id: str | None = None,
         parent: pykka.ActorRef[Any] | None = None,
     ) -> None:
-        super().__init__(
-            actor_loop, log=log, actor_id=actor_id, parent_id=parent_id, parent=parent
-        )
+        super().__init__(actor_loop, log=log, actor_id=actor_id, parent_id=parent_id, parent=parent)
         self.transport_for = transport_for
         self.policy = policy or RestartPolicy()
         self.breaker_policy = breaker_policy or BreakerPolicy()
@@ -396,7 +413,20 @@ class GenerationSupervisor(RuntimeActor):
         if error is None:  # completed or cancelled: the generator told the thunk already
             self._generations.pop(message.request_id, None)
             return
-        restarts = gen.attempt - 1
+        waited = time.monotonic() - gen.started_at
+        if gen.cancel_reason is None and self.policy.should_retry_busy(error, gen.deltas, waited):
+            gen.busy_retries += 1
+            delay = self.policy.backoff(gen.busy_retries) * (0.5 + random.random() / 2)
+            self._emit(
+                "generator_restarting",
+                gen,
+                reason=f"server busy, sent again (not a restart): {error}",
+                attempt=gen.attempt,
+                backoff=delay,
+            )
+            self._schedule_restart(gen, delay)
+            return
+        restarts = gen.attempt - 1 - gen.busy_retries
         if gen.cancel_reason is None and self.policy.should_restart(error, restarts, gen.deltas):
             if self._intensity.record():
                 delay = self.policy.backoff(restarts + 1)
@@ -407,17 +437,18 @@ class GenerationSupervisor(RuntimeActor):
                     attempt=gen.attempt,
                     backoff=delay,
                 )
-                gen.attempt += 1
-                gen.restart_timer = self.actor_loop.loop.call_later(
-                    delay,
-                    self.actor_ref.tell,
-                    RestartGenerator(gen.request.request_id, gen.attempt),
-                )
+                self._schedule_restart(gen, delay)
                 return
             self._emit("escalated", gen, reason=f"restart intensity exceeded: {error}")
             self.tell_parent(Escalated(self.actor_id, gen.request.request_id, str(error)))
         why = "after text was delivered (not retried)" if gen.deltas else ""
         self._fail(gen, error, why)
+
+    def _schedule_restart(self, gen: _Generation, delay: float) -> None:
+        gen.attempt += 1
+        gen.restart_timer = self.actor_loop.loop.call_later(
+            delay, self.actor_ref.tell, RestartGenerator(gen.request.request_id, gen.attempt)
+        )
 
     @handles(RestartGenerator)
     def _on_restart(self, message: RestartGenerator) -> None:
@@ -461,19 +492,15 @@ class GenerationSupervisor(RuntimeActor):
         stream, so a stall is always seen by the transport's stream timeout.
         """
         request = gen.request
-        batch = _DeltaBatch(self.actor_loop.loop, gen.thunk)
 
-        def on_delta(content: str, thinking: str) -> None:
-            if gen.deltas == 0:
-                gen.first_delta_at = time.monotonic()
-                # the log's public event name (SPEC §7) for the first delta
-                self._emit("first_chunk", gen, latency=gen.first_delta_at - gen.started_at)
-            gen.deltas += 1
-            batch.add(content, thinking)
+        def on_first() -> None:  # the log's public event name (SPEC §7) for the first delta
+            assert gen.first_delta_at is not None
+            self._emit("first_chunk", gen, latency=gen.first_delta_at - gen.started_at)
 
+        batch = _DeltaBatch(self.actor_loop.loop, gen, on_first)
         try:
             transport = self.transport_for(request.host)
-            final = await transport.stream_chat(request, on_delta)
+            final = await transport.stream_chat(request, batch)
         except asyncio.CancelledError:
             batch.flush()  # the deltas reach the thunk before _generator_done ends it
             raise

@@ -20,6 +20,11 @@ Invariants (the whole engine relies on them):
   actors (pykka's ``ThreadingActor`` would stop every actor in the process).
 * A message that reaches a stopped actor is answered with ``pykka.ActorDeadError``, never dropped,
   so an ``ask`` racing ``stop()`` cannot hang.
+* The same-loop fast path (:func:`tell_here`): a sender that runs on the actor's own loop thread,
+  outside that actor's handlers (the generator handing over the deltas of one network read),
+  may have its ``tell`` handled at once instead of queued. The handler still runs on the loop
+  thread, alone; messages from that sender stay in order as long as it sends them all this way
+  until its last one.
 * Blocking on a pykka future from an ActorLoop thread raises instead of deadlocking. From an
   event loop, ``await future`` never blocks: the reply is handed over by a
   :class:`~mellea_actors.runtime.crossing.Waker` (every thread crossing lives in
@@ -52,14 +57,21 @@ from mellea_actors._compat import (
     handle_receive,
 )
 from mellea_actors.errors import AskTimeoutError, RuntimeClosedError
-from mellea_actors.runtime.crossing import Waker, hop, in_thread, run_coroutine
+from mellea_actors.runtime.crossing import Waker, flush_wakes, hop, in_thread, run_coroutine
 
 if TYPE_CHECKING:
     from types import TracebackType
 
     ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
-__all__ = ["ActorLoop", "LoopActor", "LoopFuture", "ask_async", "current_actor_loop"]
+__all__ = [
+    "ActorLoop",
+    "LoopActor",
+    "LoopFuture",
+    "ask_async",
+    "current_actor_loop",
+    "tell_here",
+]
 
 T = TypeVar("T")
 
@@ -127,6 +139,7 @@ class ActorLoop:
                     self._loop.run_until_complete(asyncio.wait_for(gathered, 5.0))
             with contextlib.suppress(Exception):
                 self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            flush_wakes()  # readers on other loops woken by the last callbacks
             self._loop.close()
 
     def abandon(self, reason: str) -> None:
@@ -332,6 +345,21 @@ async def ask_async(ref: pykka.ActorRef[Any], message: Any, timeout: float | Non
         raise AskTimeoutError(
             f"{ref} did not answer {type(message).__name__} in {timeout} s"
         ) from exc
+
+
+def tell_here(ref: pykka.ActorRef[Any], message: Any) -> None:
+    """``ref.tell(message)``, handled at once when the caller runs on the actor's loop thread
+    (never call it from that actor's own handlers); queued as usual from anywhere else.
+
+    Raises ``pykka.ActorDeadError`` like ``tell`` when the actor is gone."""
+    inbox = ref.actor_inbox
+    actor = inbox._actor if isinstance(inbox, _LoopInbox) else None
+    if actor is None or not actor.actor_loop.in_loop_thread():
+        ref.tell(message)
+    elif actor.actor_stopped.is_set():
+        raise ActorDeadError(f"{actor} is stopped")
+    else:
+        actor._deliver(Envelope(message))
 
 
 class _LoopInbox:

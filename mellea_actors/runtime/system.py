@@ -78,7 +78,7 @@ class ActorSystem:
         policy: RestartPolicy | None = None,
         breaker_policy: BreakerPolicy | None = None,
         log: SupervisionLog | None = None,
-        max_in_flight: int = 256,
+        max_in_flight: int | None = None,
         connect_timeout: float = 10.0,
         queue_timeout: float | None = 300.0,
     ) -> None:

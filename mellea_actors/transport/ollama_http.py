@@ -35,13 +35,14 @@ no delta for ``stream_timeout`` seconds             :class:`StreamTimeoutError`
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Awaitable, Callable, Mapping
+import resource
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import ollama
+import orjson
 
 from mellea_actors._compat import http_client_of, parse_host
 from mellea_actors.errors import (
@@ -56,12 +57,19 @@ from mellea_actors.errors import (
     StreamTimeoutError,
 )
 from mellea_actors.transport.chat_request import GenerationRequest
+from mellea_actors.transport.http_stream import (
+    ConnectionClosed,
+    ConnectionPool,
+    HttpStatusError,
+    MalformedAnswer,
+)
 
 __all__ = [
     "DEFAULT_HOST",
-    "DeltaCallback",
+    "DeltaSink",
     "FinalObject",
     "OllamaTransport",
+    "default_max_in_flight",
     "map_error",
     "normalize_host",
 ]
@@ -128,12 +136,21 @@ def normalize_host(host: str | None, *, name: str = "base_url") -> str:
     return url
 
 
-DeltaCallback = Callable[[str, str], None]
-"""``on_delta(content, thinking)``: called synchronously, on the loop, for each delta with text.
+class DeltaSink(Protocol):
+    """Where a chat stream's deltas go: called synchronously, on the loop, inside the read.
 
-A *delta* is one streamed object's ``message.content`` (and ``message.thinking``): the unit
-Ollama sends. (A *chunk* is the unit a chunking strategy cuts the text into; see
-:mod:`mellea_actors.runtime.stream_actor`.)"""
+    A *delta* is one streamed object's ``message.content`` (and ``message.thinking``): the unit
+    Ollama sends. (A *chunk* is the unit a chunking strategy cuts the text into; see
+    :mod:`mellea_actors.runtime.stream_actor`.)
+    """
+
+    def add(self, content: str, thinking: str) -> None:
+        """One delta with text (content or thinking non-empty)."""
+        ...
+
+    def flush(self) -> None:
+        """The end of one network read: what was added since the last flush may go on now."""
+        ...
 
 
 class _Slot:
@@ -251,13 +268,124 @@ def map_error(exc: BaseException, *, host: str, model: str | None) -> BackendErr
     return BackendError(f"request to Ollama at {host} failed: {exc!r}", host=host, model=model)
 
 
+class _NdjsonDecoder:
+    """Ollama's NDJSON chat answer, fed as it arrives; split on ``\n`` only (loop thread).
+
+    :meth:`feed` is the body callback of :meth:`ConnectionPool.stream_post`: it delivers each
+    object's delta to ``on_delta`` and returns True once the final object (``done=true``) came.
+    Only the fields the runtime needs are read: no model object per delta.
+    """
+
+    __slots__ = ("_host", "_model", "_pending", "_sink", "final", "watchdog")
+
+    def __init__(self, host: str, model: str, sink: DeltaSink) -> None:
+        self._host = host
+        self._model = model
+        self._sink = sink
+        self._pending = b""
+        self.final: FinalObject | None = None
+        self.watchdog: _Watchdog | None = None
+
+    def feed(self, data: bytes) -> bool:
+        if not data:  # the end of the body: a last object may lack its newline
+            pending, self._pending = self._pending, b""
+            try:
+                return bool(pending.strip()) and self._on_line(pending)
+            finally:
+                self._sink.flush()
+        if self.watchdog is not None:
+            self.watchdog.feed()
+        if self._pending:
+            data = self._pending + data
+        start = 0
+        try:
+            while (end := data.find(b"\n", start)) != -1:
+                if end > start and self._on_line(data[start:end]):
+                    self._pending = b""
+                    return True
+                start = end + 1
+        finally:
+            self._sink.flush()  # one hand-over per network read
+        self._pending = data[start:]
+        return False
+
+    def dropped(self, exc: ConnectionClosed) -> BackendError:
+        """The error for an answer that ended before the final object."""
+        if exc.orderly:
+            return StreamDroppedError(
+                f"the stream from Ollama at {self._host} ended without its final object "
+                "(done=true)",
+                host=self._host,
+                model=self._model,
+            )
+        if exc.received:
+            return StreamDroppedError(
+                f"the connection to Ollama at {self._host} broke mid-stream: {exc}",
+                host=self._host,
+                model=self._model,
+            )
+        return StreamDroppedError(
+            f"the connection to Ollama at {self._host} closed before an answer: {exc}",
+            host=self._host,
+            model=self._model,
+        )
+
+    def _on_line(self, line: bytes) -> bool:
+        """One NDJSON object: deliver its delta; True for the final object."""
+        try:
+            part = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if not line.strip():
+                return False
+            part = None
+        if not isinstance(part, dict):
+            raise ProtocolMismatchError(
+                f"the host at {self._host} does not speak the Ollama protocol: /api/chat "
+                f"answered 200 with {line[:120]!r} (expected one JSON object per line); is "
+                "base_url / OLLAMA_HOST an Ollama server?",
+                host=self._host,
+                model=self._model,
+            )
+        error = part.get("error")
+        if error:
+            raise ollama.ResponseError(str(error))
+        message = part.get("message")
+        if message.__class__ is dict:
+            content = message.get("content") or ""
+            thinking = message.get("thinking") or ""
+            if content or thinking:
+                self._sink.add(content, thinking)
+        if part.get("done"):
+            self.final = FinalObject(
+                done_reason=part.get("done_reason"),
+                prompt_eval_count=part.get("prompt_eval_count"),
+                eval_count=part.get("eval_count"),
+                total_duration=part.get("total_duration"),
+            )
+            return True
+        return False
+
+
+def default_max_in_flight() -> int:
+    """How many requests one process keeps open to a host by default: as many as it has file
+    descriptors for (the soft ``RLIMIT_NOFILE`` less 128 kept for everything else; 64 at least).
+
+    Admission is the server's job: Ollama queues what it accepts (``OLLAMA_MAX_QUEUE``) and
+    answers 503 "server busy" beyond, which the generation supervisor retries with backoff
+    before the first chunk. A client-side cap below that would only hold requests back.
+    """
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(64, soft - 128)
+
+
 class OllamaTransport:
     """Streams chat generations from one Ollama host (use from one event loop only).
 
     ``max_in_flight`` caps the requests open at once (the rest wait for a slot, FIFO, at most
-    ``queue_timeout`` seconds: :class:`QueueTimeoutError`; None: no bound): a few
-    hundred connections saturate a local Ollama anyway, and an uncapped httpx pool spends most of
-    its CPU on bookkeeping with a thousand of them.
+    ``queue_timeout`` seconds: :class:`QueueTimeoutError`; None: no bound on the wait).
+    ``None`` (the default) sizes it to the process: :func:`default_max_in_flight`.
     """
 
     def __init__(
@@ -265,52 +393,67 @@ class OllamaTransport:
         host: str,
         *,
         connect_timeout: float = 10.0,
-        max_in_flight: int = 256,
+        max_in_flight: int | None = None,
         queue_timeout: float | None = 300.0,
     ) -> None:
         self._queue_timeout = queue_timeout
         self.host = normalize_host(host)
         self._connect_timeout = connect_timeout
-        self._max_in_flight = max_in_flight
+        self._max_in_flight = default_max_in_flight() if max_in_flight is None else max_in_flight
         self._client: ollama.AsyncClient | None = None
         self._slots: asyncio.Semaphore | None = None
+        self._pool: ConnectionPool | None = None
+        self._chat_path = "/api/chat"
+        self._headers: dict[str, str] = {}
 
     def _ensure_client(self) -> ollama.AsyncClient:
         if self._client is None:
             self._client = ollama.AsyncClient(
                 host=self.host,
                 timeout=httpx.Timeout(None, connect=self._connect_timeout),
-                limits=httpx.Limits(
-                    max_connections=self._max_in_flight,
-                    # few idle connections: httpcore checks every idle one at each request start
-                    max_keepalive_connections=min(self._max_in_flight, 8),
-                ),
+                # management calls only (tags, version): the chat streams use their own pool
+                limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
             )
             self._slots = asyncio.Semaphore(self._max_in_flight)
         return self._client
 
-    async def stream_chat(
-        self, request: GenerationRequest, on_delta: DeltaCallback
-    ) -> FinalObject:
-        """Stream one chat: ``on_delta`` gets every delta with text; returns the final object.
+    def _ensure_pool(self) -> ConnectionPool:
+        if self._pool is None:
+            url = httpx.URL(self.host)
+            self._pool = ConnectionPool(
+                asyncio.get_running_loop(),
+                scheme=url.scheme,
+                host=url.host,
+                port=url.port or (443 if url.scheme == "https" else 80),
+                connect_timeout=self._connect_timeout,
+            )
+            self._chat_path = url.path.rstrip("/") + "/api/chat"
+            headers = http_client_of(self._ensure_client()).headers
+            # the client's own headers (user agent, auth), minus what we do not speak
+            self._headers = {
+                k: v for k, v in headers.items() if k not in ("accept-encoding", "connection")
+            }
+        return self._pool
+
+    async def stream_chat(self, request: GenerationRequest, sink: DeltaSink) -> FinalObject:
+        """Stream one chat: ``sink`` gets every delta with text; returns the final object.
 
         The final object is the one with ``done=True`` (``done_reason``, ``eval_count``, …).
-        ``on_delta`` runs synchronously on the loop, between two reads of the stream: it must not
-        block. Raises a :class:`BackendError` subclass (see the module docstring). Cancelling the
-        calling task closes the connection at once.
+        ``sink`` is called synchronously on the loop, inside the socket's read callback: it must
+        not block. Raises a :class:`BackendError` subclass (see the module docstring).
+        Cancelling the calling task closes the connection at once.
         """
-        http = http_client_of(self._ensure_client())
+        pool = self._ensure_pool()
         assert self._slots is not None
-        loop = asyncio.get_running_loop()
+        body = orjson.dumps(_chat_body(request))
+        head = pool.request_head(self._chat_path, self._headers, len(body))
+        decoder = _NdjsonDecoder(self.host, request.model, sink)
         timeout = request.stream_timeout
         async with _Slot(self._slots, self._queue_timeout, self.host, request.model):
-            watchdog = None if timeout is None else _Watchdog(loop, timeout)
+            watchdog = None if timeout is None else _Watchdog(asyncio.get_running_loop(), timeout)
+            decoder.watchdog = watchdog
             try:
-                async with http.stream("POST", "/api/chat", json=_chat_body(request)) as response:
-                    if response.status_code >= 400:
-                        text = (await response.aread()).decode("utf-8", "replace")
-                        raise ollama.ResponseError(text, response.status_code)
-                    final = await self._read_stream(response, request, on_delta, watchdog)
+                await pool.stream_post(head, body, decoder.feed)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if watchdog is None or not watchdog.fired or task is None or task.uncancel():
@@ -323,78 +466,26 @@ class OllamaTransport:
                 ) from None
             except BackendError:
                 raise
+            except HttpStatusError as exc:
+                text = exc.body.decode("utf-8", "replace")
+                error = ollama.ResponseError(text, exc.status)
+                raise map_error(error, host=self.host, model=request.model) from exc
+            except ConnectionClosed as exc:
+                raise decoder.dropped(exc) from exc
+            except MalformedAnswer as exc:
+                raise ProtocolMismatchError(
+                    f"the host at {self.host} does not speak HTTP as Ollama does: /api/chat "
+                    f"answered {exc.head!r} ({exc}); is base_url / OLLAMA_HOST an Ollama server?",
+                    host=self.host,
+                    model=request.model,
+                ) from exc
             except Exception as exc:
                 raise map_error(exc, host=self.host, model=request.model) from exc
             finally:
                 if watchdog is not None:
                     watchdog.close()
-        return final
-
-    async def _read_stream(
-        self,
-        response: httpx.Response,
-        request: GenerationRequest,
-        on_delta: DeltaCallback,
-        watchdog: _Watchdog | None,
-    ) -> FinalObject:
-        """Read NDJSON objects until the final one; split on ``\n`` only."""
-        pending = b""
-        async for data in response.aiter_bytes():
-            if watchdog is not None:
-                watchdog.feed()
-            pending += data
-            start = 0
-            while (end := pending.find(b"\n", start)) != -1:
-                line = pending[start:end]
-                start = end + 1
-                if line.strip():
-                    final = self._on_line(line, request, on_delta)
-                    if final is not None:
-                        return final
-            pending = pending[start:]
-        if pending.strip():  # a last object without its newline
-            final = self._on_line(pending, request, on_delta)
-            if final is not None:
-                return final
-        raise StreamDroppedError(
-            f"the stream from Ollama at {self.host} ended without its final object (done=true)",
-            host=self.host,
-            model=request.model,
-        )
-
-    def _on_line(
-        self, line: bytes, request: GenerationRequest, on_delta: DeltaCallback
-    ) -> FinalObject | None:
-        """One NDJSON object: deliver its delta; the final object, or None."""
-        try:
-            part = json.loads(line)
-        except ValueError:
-            part = None
-        if not isinstance(part, dict):
-            raise ProtocolMismatchError(
-                f"the host at {self.host} does not speak the Ollama protocol: /api/chat "
-                f"answered 200 with {line[:120]!r} (expected one JSON object per line); is "
-                "base_url / OLLAMA_HOST an Ollama server?",
-                host=self.host,
-                model=request.model,
-            )
-        error = part.get("error")
-        if error:
-            raise ollama.ResponseError(str(error))
-        message = part.get("message")
-        if isinstance(message, dict):
-            content = message.get("content") or ""
-            thinking = message.get("thinking") or ""
-            if content or thinking:
-                on_delta(content, thinking)
-        if part.get("done"):
-            return FinalObject(
-                done_reason=part.get("done_reason"),
-                prompt_eval_count=part.get("prompt_eval_count"),
-                eval_count=part.get("eval_count"),
-                total_duration=part.get("total_duration"),
-            )
-        return None
+        assert decoder.final is not None
+        return decoder.final
 
     async def _bounded(self, call: Awaitable[T], timeout: float, what: str) -> T:
         """Await a short request to the host, with a timeout and our errors."""
@@ -425,6 +516,8 @@ class OllamaTransport:
         return str(data.get("version", ""))
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
         if self._client is not None:
             client, self._client = self._client, None
             await http_client_of(client).aclose()

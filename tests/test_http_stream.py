@@ -1,0 +1,130 @@
+"""The chat stream's own HTTP/1.1 client (transport/http_stream.py) and the admission policy.
+
+Against the scripted Ollama-protocol server: connections are kept alive and reused, an idle
+connection the server closed is never used for a request that then fails, "server busy" (503)
+answers are sent again without counting as restarts, the default number of requests in flight
+is not a fixed 256, and an answer that is not HTTP gives a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mellea_actors import start_session
+from mellea_actors.backends import ModelOption
+from mellea_actors.errors import BackendResponseError, ProtocolMismatchError
+from mellea_actors.runtime.restart_policy import RestartPolicy
+from mellea_actors.testing import Script, ScriptedOllama
+from mellea_actors.transport.ollama_http import default_max_in_flight
+
+from .conftest import SCRIPTED_MODEL
+
+STREAM = {ModelOption.STREAM: True}
+WAIT = 10.0
+TOKENS = ("a ", "b ", "c")
+
+
+def events(m: object, name: str) -> list[dict[str, object]]:
+    return m.system.log.events(event=name)  # type: ignore[attr-defined, no-any-return]
+
+
+def test_sequential_generations_reuse_one_connection(scripted: ScriptedOllama) -> None:
+    scripted.set_script(Script(tokens=TOKENS))
+    with start_session(model_id=SCRIPTED_MODEL, base_url=scripted.base_url, check=False) as m:
+        values = [str(m.instruct(f"q{i}")) for i in range(5)]
+    assert values == ["".join(TOKENS)] * 5
+    chats = [r for r in scripted.requests if r.path == "/api/chat"]
+    assert len(chats) == 5
+    assert len({r.connection for r in chats}) == 1  # kept alive, reused
+
+
+def test_an_idle_connection_the_server_closed_is_not_a_failure(scripted: ScriptedOllama) -> None:
+    scripted.set_script(Script(tokens=TOKENS))
+    with start_session(model_id=SCRIPTED_MODEL, base_url=scripted.base_url, check=False) as m:
+        assert str(m.instruct("first")) == "".join(TOKENS)
+        scripted.refuse_connections(None)  # closes the idle keep-alive connection too
+        scripted.refuse_connections(0)  # listening again, same port
+        assert str(m.instruct("second")) == "".join(TOKENS)
+        assert events(m, "generator_restarting") == []  # no restart: a fresh connection
+        assert events(m, "generation_failed") == []
+    chats = [r for r in scripted.requests if r.path == "/api/chat"]
+    assert len(chats) == 2 and chats[0].connection != chats[1].connection
+
+
+def test_server_busy_is_sent_again_without_counting_as_restarts(
+    scripted: ScriptedOllama,
+) -> None:
+    busy = Script(status=503, error_message="server busy, please try again")
+    # more busy answers than max_restarts (2) allows restarts: they are not restarts
+    scripted.enqueue(busy, busy, busy, busy, Script(tokens=TOKENS))
+    policy = RestartPolicy(backoff_initial=0.001, backoff_max=0.01)
+    with start_session(
+        model_id=SCRIPTED_MODEL, base_url=scripted.base_url, check=False, restart_policy=policy
+    ) as m:
+        assert str(m.instruct("q")) == "".join(TOKENS)
+        busy_retries = events(m, "generator_restarting")
+        assert len(busy_retries) == 4
+        assert all("server busy" in str(e["reason"]) for e in busy_retries)
+        assert events(m, "escalated") == []
+
+
+def test_server_busy_gives_up_after_busy_retry_for(scripted: ScriptedOllama) -> None:
+    scripted.set_script(Script(status=503, error_message="server busy"))
+    policy = RestartPolicy(backoff_initial=0.001, backoff_max=0.01, busy_retry_for=0.0)
+    with (
+        start_session(
+            model_id=SCRIPTED_MODEL, base_url=scripted.base_url, check=False, restart_policy=policy
+        ) as m,
+        pytest.raises(BackendResponseError, match="503") as caught,
+    ):
+        m.instruct("q")
+    assert caught.value.status_code == 503
+
+
+async def test_default_concurrency_is_not_a_fixed_256(scripted: ScriptedOllama) -> None:
+    """Regression: max_in_flight defaulted to 256, so the 257th request waited for a slot."""
+    n = 300
+    assert default_max_in_flight() >= n
+    scripted.set_script(Script(tokens=("x",), first_delay=1.0))
+    with start_session(model_id=SCRIPTED_MODEL, base_url=scripted.base_url, check=False) as m:
+        mots = [await m.ainstruct(f"q{k}", model_options=STREAM) for k in range(n)]
+        # every request reaches the server while the first answers are still held back
+        records = await asyncio.to_thread(scripted.wait_for_requests, n, WAIT)
+        assert len(records) == n
+        assert all(r.finished_at is None for r in records)
+        await asyncio.gather(*(mot.cancel() for mot in mots))
+
+
+def test_an_answer_that_is_not_http_is_a_protocol_mismatch() -> None:
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        policy = RestartPolicy(max_restarts=0)
+        with (
+            start_session(
+                model_id=SCRIPTED_MODEL,
+                base_url=f"http://127.0.0.1:{port}",
+                check=False,
+                restart_policy=policy,
+            ) as m,
+            pytest.raises(ProtocolMismatchError, match=r"SSH-2\.0") as caught,
+        ):
+            m.instruct("q")
+        assert f"127.0.0.1:{port}" in str(caught.value)
+    finally:
+        thread.join(WAIT)
+        listener.close()
