@@ -34,6 +34,28 @@ Semantics (SPEC §3), stated precisely:
   the loop began. A failed thunk is never computed.
 * ``await cancel()`` stops the generation: the HTTP stream to Ollama is closed within
   milliseconds. It returns once the thunk has ended.
+* ``async for delta in mot`` (Mellea 0.8) yields the deltas as they arrive; their
+  concatenation equals ``value`` (a failed generation: its text, then the error is raised).
+  Polling and owning differ, precisely: ``astream()`` *polls* — each call is a reader only
+  while it waits, and a cancelled call loses nothing and stops nothing. ``async for`` *owns*
+  the consumption — the iteration is the thunk's reader from its first step to its end (a
+  second ``async for``, ``astream()`` or ``iter_chunks()`` meanwhile raises
+  :class:`~mellea_actors.errors.SingleReaderError`), and leaving it before the end — ``break``,
+  an exception, or the consuming task being cancelled (what an ASGI server does when its
+  client leaves) — cancels the generation at once: the HTTP stream is closed within
+  milliseconds, without waiting for the garbage collector. The cancel is requested, not
+  awaited (``status`` may read "streaming" for a moment; ``await cancel()`` waits for the
+  end). An iterator kept in a variable (``it = aiter(mot)``) is left when it is dropped or
+  ``await it.aclose()``. A later ``async for`` goes on from where the previous reader stopped.
+* ``async with mot:`` and ``await mot.aclose()`` cancel an unfinished generation and wait for
+  its end (no-op once it ended).
+* ``str(mot)`` (``format``, f-strings) *forces* the thunk: it returns ``value``, blocking until
+  the generation ended, and raises the generation's error if it failed. This is safe from any
+  thread, also one whose event loop is running (the generation runs on the runtime's own loop
+  thread, not the caller's); on the runtime's loop thread (inside an ``async`` validator, a
+  chunker …) it raises ``RuntimeError`` instead of deadlocking, unless the thunk already ended.
+  It only looks at the value: it does not count as taking it (``is_computed()`` of a streamed
+  thunk still waits for its reader). ``repr`` never blocks.
 
 Blocking use (from plain threads, never from inside the runtime's loop): :meth:`wait` and
 :meth:`iter_chunks`, both with timeouts; leaving ``iter_chunks`` early cancels the generation.
@@ -41,12 +63,13 @@ Blocking use (from plain threads, never from inside the runtime's loop): :meth:`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any, Generic, TypeVar
 
 import pykka
 
 from mellea_actors.errors import GenerationCancelledError
+from mellea_actors.runtime.loop import current_actor_loop
 from mellea_actors.runtime.messages import GenerationStats, ThunkOutcome, ThunkStatus
 from mellea_actors.runtime.thunk_handle import ThunkHandle
 
@@ -281,6 +304,39 @@ class ModelOutputThunk(Generic[S]):
         """Mellea's name for :meth:`cancel`."""
         await self.cancel(reason=f"cancelled: {error}" if error else "cancelled by the user")
 
+    # -- async iteration (Mellea 0.8) ---------------------------------------------------------
+    def __aiter__(self) -> AsyncIterator[str]:
+        """``async for delta in mot``: the deltas as they arrive, owning the consumption.
+
+        Leaving the loop before the end (``break``, an exception, a cancel of the consuming
+        task) cancels the generation; a second iteration meanwhile raises SingleReaderError
+        (see the module docstring for how this differs from ``astream()``).
+        """
+        if self._h is None:
+            return self._manual_deltas()
+        return _Deltas(
+            self._h.aiter_deltas(
+                cancel_reason="the async for consumer left before the end (break, an "
+                "exception or a cancel)"
+            )
+        )
+
+    async def _manual_deltas(self) -> AsyncGenerator[str, None]:
+        text = await self.astream()
+        if text:
+            yield text
+
+    async def aclose(self) -> None:
+        """Cancel an unfinished generation and wait for its end (no-op once it ended)."""
+        await self.cancel("closed by aclose() before the end")
+
+    async def __aenter__(self) -> ModelOutputThunk[S]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Leaving ``async with mot:`` cancels an unfinished generation (as ``aclose()``)."""
+        await self.cancel("left async with before the end")
+
     # -- blocking use (plain threads) --------------------------------------------------------
     def wait(self, timeout: float | None = None) -> str:
         """Block until the generation ends; return the value (raise its error if it failed).
@@ -313,8 +369,28 @@ class ModelOutputThunk(Generic[S]):
 
     # -- representations ---------------------------------------------------------------------
     def __str__(self) -> str:
-        """The value once computed, else ""."""
-        return self.value or "" if self.is_computed() or self._h is None else ""
+        """Force the thunk: its value, blocking until the generation ended (its error raised if
+        it failed); RuntimeError on the runtime's loop thread while it runs (see the module
+        docstring). A thunk with no value and no generation gives ""."""
+        if self._h is None:
+            return self._manual_value or ""
+        outcome = self._h.outcome_now
+        if outcome is None:
+            if current_actor_loop() is not None:
+                raise RuntimeError(
+                    f"str() of thunk {self.request_id} before its generation ended was called on "
+                    "the mellea_actors loop thread (in an async validator, a chunker, an "
+                    "actor?): waiting there would deadlock; use `await thunk.avalue()`"
+                )
+            outcome = self._h.wait_outcome(None)  # looks at the value, does not take it
+        if outcome.status is ThunkStatus.FAILED:
+            assert outcome.error is not None
+            raise outcome.error.with_traceback(None)
+        return outcome.text
+
+    def __format__(self, format_spec: str) -> str:
+        """``format(mot, spec)`` / f-strings: ``str(mot)`` (forcing it), formatted."""
+        return format(str(self), format_spec)
 
     def __repr__(self) -> str:
         return f"ModelOutputThunk(status={self.status!r}, value={self.value!r})"
@@ -323,5 +399,45 @@ class ModelOutputThunk(Generic[S]):
         raise TypeError("a ModelOutputThunk owns a live generation and cannot be copied")
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelOutputThunk[S]:
-        # Requirements are deep-copied per validator; a thunk inside one stays shared (read-only).
+        # A deep copy of an object holding a thunk (e.g. a requirement) shares it (read-only).
         return self
+
+
+class _Deltas:
+    """The iterator of ``async for delta in mot``: the engine's ``ThunkHandle.aiter_deltas``
+    generator, closed as soon as this iterator is dropped.
+
+    An exception or a cancel inside ``__anext__`` ends the generator there (its ``finally``
+    requests the cancel). A ``break`` does not reach the iterator at all: the ``async for`` only
+    drops it, and an async generator left that way would run its ``finally`` when the garbage
+    collector or the event loop's finaliser gets to it — later, or (with a reference kept)
+    never. So ``__del__`` (run by reference counting the moment the loop lets go) closes the
+    generator synchronously: its ``finally`` has no ``await``, so one step of ``aclose()`` runs
+    it whole, on the dropping thread (releasing the claim and requesting the cancel are
+    thread-safe).
+    """
+
+    __slots__ = ("_agen",)
+
+    def __init__(self, agen: AsyncGenerator[str, None]) -> None:
+        self._agen = agen
+
+    def __aiter__(self) -> _Deltas:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self._agen.__anext__()
+
+    async def aclose(self) -> None:
+        """Leave the iteration (cancelling an unfinished generation); idempotent."""
+        await self._agen.aclose()
+
+    def __del__(self) -> None:
+        closing = self._agen.aclose()
+        try:
+            closing.send(None)
+        except StopIteration:  # closed (or it had ended)
+            return
+        except RuntimeError:  # suspended inside an await of a dropped task: its frame's own
+            return  # finalisation runs the ``finally``
+        closing.close()  # unreachable while the generator's ``finally`` does not await

@@ -7,8 +7,10 @@ A :class:`Requirement` is a constraint on a model output: a natural-language ``d
 (:class:`PartialValidationResult`); after the output is complete, :meth:`Requirement.validate`
 gives the final :class:`ValidationResult`.
 
-Requirements are plain objects: the streaming engine gives every validator its own
-``copy.deepcopy`` of the requirement, so per-stream state kept on ``self`` never leaks.
+Requirements are plain objects: the streaming engine gives every validator its own shallow
+``copy.copy`` of the requirement, as Mellea does: rebinding an attribute on ``self`` stays
+private to that stream, while what the attributes refer to (a lock, a client, a list) is shared
+with the caller — mutating a shared container in place is seen by every stream.
 """
 
 from __future__ import annotations
@@ -240,7 +242,7 @@ class Requirement(Component[str]):
 
     Subclasses may call ``super().__init__()`` with no arguments and override
     :meth:`format_for_llm`, :meth:`validate` and :meth:`stream_validate`; state kept in plain
-    attributes is isolated per stream (each validator works on a deep copy).
+    attributes is isolated per stream when rebound (each validator works on a shallow copy).
     """
 
     description: str | None = None
@@ -329,7 +331,7 @@ class Requirement(Component[str]):
         """Judge one streamed chunk (the delta, not the accumulated text).
 
         The default says ``"unknown"``. Overrides may keep state on ``self`` (each stream's
-        validator has its own deep copy) and must not read the thunk's stream themselves.
+        validator has its own shallow copy) and must not read the thunk's stream themselves.
         """
         return PartialValidationResult("unknown")
 

@@ -326,9 +326,7 @@ class StreamActor(RuntimeActor):
             )
             for i, check in enumerate(attempt.checks)
         ]
-        attempt.reader = self.actor_loop.spawn(
-            self._read(attempt), name=f"{self.actor_id}-reader"
-        )
+        attempt.reader = self.actor_loop.spawn(self._read(attempt), name=f"{self.actor_id}-reader")
 
     def on_stop(self) -> None:
         self.system.stream_actors.pop(self.actor_id, None)

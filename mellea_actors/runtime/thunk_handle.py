@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any, cast
 
 import pykka
@@ -250,3 +250,33 @@ class ThunkHandle:
         self._cancel(self.cell.request_id, reason)
         with contextlib.suppress(RuntimeClosedError):  # stopped without an outcome: it ended
             self.wait_outcome(timeout)
+
+    # -- async iteration (``async for delta in mot``) --------------------------------------------
+    async def aiter_deltas(
+        self, *, cancel_reason: str, who: str = "async for"
+    ) -> AsyncGenerator[str, None]:
+        """Async-iterate the text as it arrives, from any loop, as the thunk's reader for the
+        whole iteration (a second reader meanwhile gets ``SingleReaderError``).
+
+        Unlike :meth:`astream`, this owns the consumption: leaving before the end — an
+        exception or a cancel of the awaiting task inside it, or ``aclose()`` of the generator —
+        requests the cancel of the generation with ``cancel_reason``. The ``finally`` has no
+        ``await``, so one synchronous step of ``aclose()`` runs it whole (what the facade's
+        iterator does when an ``async for`` leaves it by ``break``).
+        """
+        cell = self.cell
+        cell.claim_reader(who)
+        try:
+            self.stream_started = True
+            while True:
+                read = await self._read_next()
+                self.cursor = read.cursor
+                if read.text:
+                    yield read.text
+                if read.outcome is not None:
+                    _value_of(read.outcome)  # a failed generation raises once its text was read
+                    return
+        finally:
+            cell.release_reader(who)
+            if cell.outcome is None:  # left before the end
+                self._cancel(cell.request_id, cancel_reason)

@@ -1,7 +1,8 @@
 """Validator actors: one per requirement per stream, judging the stream's chunks in order.
 
 A :class:`ValidatorActor` owns one :class:`ValidationCheck` — for ``stream_with_chunking`` a
-private deep copy of one requirement, wrapped by the facade — and answers two asks:
+private shallow copy (``copy.copy``) of one requirement, wrapped by the facade — and answers
+two asks:
 
 * ``ValidateChunk(index, text)`` → the check's verdict on that chunk (a
   ``PartialValidationResult``);

@@ -156,13 +156,24 @@ class StrategySegmenter:
 
 
 def copy_requirement(requirement: Requirement) -> Requirement:
+    """The validator's own copy of ``requirement``: ``copy.copy``, a *shallow* copy, as Mellea.
+
+    Rebinding an attribute on the copy (``self.count += 1``, ``self.seen = [*self.seen, c]``)
+    never reaches the caller's object, or another stream's copy. What the attributes refer to is
+    shared, on purpose: a ``threading.Lock``, a client, a logger, or a list or dict the
+    requirement shares with its caller keep working (a deep copy would fail on the lock, open
+    a second client, and record into a copy of the list nobody reads). The caveat: mutating a
+    shared container in place (``self.seen.append(c)``) is seen by the caller and by every
+    other stream's copy of the requirement. Per-stream state belongs in attributes that are
+    rebound, or in new containers made by ``stream_validate`` itself; a requirement that needs
+    more isolation defines ``__copy__``. Raises InvalidInputError if ``copy.copy`` fails.
+    """
     try:
-        return copy.deepcopy(requirement)
+        return copy.copy(requirement)
     except Exception as exc:
         raise InvalidInputError(
             f"requirement {requirement!r} cannot be copied for its validator "
-            f"(copy.deepcopy raised {exc!r}); give it a __deepcopy__ that returns an "
-            "independent copy"
+            f"(copy.copy raised {exc!r}); give it a __copy__ that returns an independent copy"
         ) from exc
 
 

@@ -14,11 +14,15 @@ here and only here; how the engine implements it (messages, ownership, ordering)
 
 Semantics, precisely
 --------------------
-* **Isolation.** Every validator works on its own ``copy.deepcopy`` of its requirement, made
-  before any request is sent (a requirement that cannot be deep-copied raises
-  ``InvalidInputError`` and nothing starts). The caller's objects are never touched; two streams
-  never share validator state. ``streaming_failures`` holds the failing validator's copy (its
-  state at the failure), as Mellea does.
+* **Isolation.** Every validator works on its own ``copy.copy`` of its requirement (a
+  *shallow* copy, as Mellea), made before any request is sent (a requirement that cannot be
+  copied raises ``InvalidInputError`` and nothing starts). Rebinding an attribute on the copy
+  (``self.count += 1``) never reaches the caller's object or another stream's copy; what the
+  attributes refer to stays shared, so a lock, a client, a logger or a list the requirement
+  shares with its caller keeps working. Caveat: a container mutated in place
+  (``self.seen.append(chunk)``) is the caller's and every stream's; keep per-stream state in
+  rebound attributes (or define ``__copy__``). ``streaming_failures`` holds the failing
+  validator's copy (its state at the failure), as Mellea does.
 * **Parallelism.** Validators run concurrently with each other and with the generation; each
   sees its chunks in order, one at a time. The generation never waits for them: a slow
   validator delays *delivery*, not generation.
@@ -81,8 +85,9 @@ Semantics, precisely
   - ``RetryEvent(attempt=k+1, reason=<the error's type and message, one line>)`` is emitted: the
     signal that every chunk delivered so far belongs to an abandoned attempt;
   - attempt ``k+1`` starts from scratch: a new generation of the same action, context and model
-    options; new validators on fresh deep copies of the requirements *as they were when
-    ``stream_with_chunking`` was called* (copies taken then, before any request); a fresh chunker
+    options; new validators on fresh (shallow) copies of the requirements *as they were when
+    ``stream_with_chunking`` was called* (copies taken then, before any request; containers
+    the requirements mutate in place are shared, see Isolation); a fresh chunker
     (a new instance for an alias, a ``copy.deepcopy`` — also taken at the call — of a
     :class:`ChunkingStrategy` instance); ``chunk_index`` from 0; every later event carries
     ``attempt=k+1``; ``stream_retry`` is logged (the stream actor, ``thunk`` = the new request
@@ -112,7 +117,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -437,7 +441,7 @@ async def stream_with_chunking(
     Raises (before any request is sent):
         InvalidInputError: (a ``ValueError``) unknown chunking alias (named in the message), bad
             policy, timeout or ``max_retries`` (an int >= 0), a requirement that is not a
-            Requirement/str or cannot be deep-copied (with retries: a chunking strategy
+            Requirement/str or cannot be copied (with retries: a chunking strategy
             instance that cannot be deep-copied), a backend without an actor system, bad model
             options.
     """
@@ -475,7 +479,7 @@ async def stream_with_chunking(
     async def new_attempt(number: int) -> StreamAttempt:
         """A fresh attempt (runs on the actor loop; the new generation is submitted last)."""
         assert new_chunker is not None
-        fresh = [copy.deepcopy(t) for t in templates]
+        fresh = [copy_requirement(t) for t in templates]
         chunker = new_chunker()
         new_mot, new_ctx = await backend.generate_from_context(
             action, ctx, model_options=dict(options)
