@@ -39,8 +39,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -347,6 +350,42 @@ async def ask_async(ref: pykka.ActorRef[Any], message: Any, timeout: float | Non
         ) from exc
 
 
+_URN_PREFIX = uuid.uuid4().hex[:20]
+_urn_numbers = itertools.count(1)
+
+
+def _next_urn() -> str:
+    """A unique ``urn:uuid:`` per actor: a random per-process prefix and a counter."""
+    tail = f"{next(_urn_numbers):012x}"
+    p = _URN_PREFIX
+    return f"urn:uuid:{p[:8]}-{p[8:12]}-{p[12:16]}-{p[16:20]}-{tail}"
+
+
+class _StoppedFlag:
+    """``actor_stopped``: what pykka uses of its ``threading.Event`` (``set``/``is_set``),
+    without a lock per actor. Set once, on the loop thread; read from any thread (a bool
+    assignment is atomic). ``wait`` (rarely used) polls."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._set:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+
 def tell_here(ref: pykka.ActorRef[Any], message: Any) -> None:
     """``ref.tell(message)``, handled at once when the caller runs on the actor's loop thread
     (never call it from that actor's own handlers); queued as usual from anywhere else.
@@ -401,10 +440,15 @@ class LoopActor(pykka.Actor):
     kind: ClassVar[str] = "actor"
 
     def __init__(self, actor_loop: ActorLoop, *_args: Any, **_kwargs: Any) -> None:
-        super().__init__()
+        # pykka's Actor.__init__ sets these four fields; done here without its per-actor
+        # uuid4() (a getrandom syscall) and threading.Event (a Condition and a lock): an actor
+        # per generation makes both part of every request's cost.
+        self.actor_urn = _next_urn()
+        inbox = _LoopInbox()
+        self.actor_inbox = inbox
+        self.actor_stopped = _StoppedFlag()  # type: ignore[assignment]
+        self._actor_ref = pykka.ActorRef(self)
         self.actor_loop = actor_loop
-        inbox = self.actor_inbox
-        assert isinstance(inbox, _LoopInbox)
         inbox._actor = self
 
     # pykka's hooks for actor implementations -----------------------------------------------
@@ -428,6 +472,11 @@ class LoopActor(pykka.Actor):
 
     def _start_actor_loop(self) -> None:
         self.actor_loop.call_soon(self._run_on_start)
+
+    def begin(self) -> None:
+        """Run ``on_start`` now, on the loop thread: for an actor made with its constructor
+        (not :meth:`start`) by code that is already on the loop."""
+        self._run_on_start()
 
     # the mailbox, served on the loop thread ------------------------------------------------
     def _run_on_start(self) -> None:

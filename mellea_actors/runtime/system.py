@@ -69,6 +69,14 @@ _started_in_scope: contextvars.ContextVar[list[ThunkHandle] | None] = contextvar
 _live_systems: weakref.WeakSet[ActorSystem] = weakref.WeakSet()
 
 
+def _begin_generation(
+    actor: ThunkActor, supervisor: pykka.ActorRef[Any], message: StartGeneration
+) -> None:
+    """On the loop: start the thunk actor, then tell the supervisor to start its generation."""
+    actor.begin()
+    supervisor.tell(message)
+
+
 class ActorSystem:
     """Runs generations on actors; see the module docstring."""
 
@@ -150,7 +158,7 @@ class ActorSystem:
             raise RuntimeClosedError(f"{self.id} gave up: {self._failed}; open a new session")
         supervisor = self.supervisor
         cell = ThunkCell(request.request_id)
-        ref = ThunkActor.start(
+        actor = ThunkActor(
             self.loop,
             cell,
             log=self.log,
@@ -158,8 +166,11 @@ class ActorSystem:
             registry=self._thunks,
             supervisor=supervisor,
         )
+        ref = actor.actor_ref
         self._thunks[request.request_id] = (cell, ref)
-        supervisor.tell(StartGeneration(request, ref))
+        # one thread crossing for both: the thunk actor's start, then the supervisor's message
+        # (whatever is sent to the thunk after this line is handled after its on_start)
+        self.loop.call_soon(_begin_generation, actor, supervisor, StartGeneration(request, ref))
         handle = ThunkHandle(cell, ref, streamed=request.stream, cancel=self.cancel)
         scope = _started_in_scope.get()
         if scope is not None:
