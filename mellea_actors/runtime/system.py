@@ -43,7 +43,7 @@ from mellea_actors.runtime.breaker import BreakerPolicy
 from mellea_actors.runtime.crossing import await_concurrent
 from mellea_actors.runtime.generation_supervisor import GenerationSupervisor
 from mellea_actors.runtime.log import SupervisionLog
-from mellea_actors.runtime.loop import ActorLoop, ask_async
+from mellea_actors.runtime.loop import ActorLoop, ask_async, tell_here
 from mellea_actors.runtime.messages import (
     AwaitOutcome,
     CancelGeneration,
@@ -72,9 +72,14 @@ _live_systems: weakref.WeakSet[ActorSystem] = weakref.WeakSet()
 def _begin_generation(
     actor: ThunkActor, supervisor: pykka.ActorRef[Any], message: StartGeneration
 ) -> None:
-    """On the loop: start the thunk actor, then tell the supervisor to start its generation."""
+    """On the loop: start the thunk actor, then have the supervisor start its generation —
+    handled at once (``tell_here``), so that it stays ahead of whatever the caller sent after
+    ``start_generation`` returned (a cancel, say), which is queued behind this callback."""
     actor.begin()
-    supervisor.tell(message)
+    try:
+        tell_here(supervisor, message)
+    except pykka.ActorDeadError:  # the session is closing: the thunk ends, nobody waits
+        actor.stop_now()
 
 
 class ActorSystem:

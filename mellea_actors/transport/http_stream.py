@@ -240,10 +240,9 @@ class ConnectionPool:
         lines.append(f"Content-Length: {length}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    async def stream_post(self, head: bytes, body: bytes, on_body: BodyCallback) -> None:
-        """Send one request (``head`` from :meth:`request_head`, then ``body``) and feed its
-        answer to ``on_body``; see the module docstring for how it ends."""
-        request = head + body
+    async def stream_post(self, request: bytes, on_body: BodyCallback) -> None:
+        """Send one request (:meth:`request_head`, then the body) and feed its answer to
+        ``on_body``; see the module docstring for how it ends."""
         for attempt in (1, 2):
             conn, reused = await self._checkout()
             try:

@@ -445,15 +445,16 @@ class OllamaTransport:
         """
         pool = self._ensure_pool()
         assert self._slots is not None
-        body = orjson.dumps(_chat_body(request))
-        head = pool.request_head(self._chat_path, self._headers, len(body))
+        body = orjson.dumps(_chat_body(request))  # orjson's buffer is 4 KB: keep only the
+        message = pool.request_head(self._chat_path, self._headers, len(body)) + body  # copy
+        del body
         decoder = _NdjsonDecoder(self.host, request.model, sink)
         timeout = request.stream_timeout
         async with _Slot(self._slots, self._queue_timeout, self.host, request.model):
             watchdog = None if timeout is None else _Watchdog(asyncio.get_running_loop(), timeout)
             decoder.watchdog = watchdog
             try:
-                await pool.stream_post(head, body, decoder.feed)
+                await pool.stream_post(message, decoder.feed)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if watchdog is None or not watchdog.fired or task is None or task.uncancel():
