@@ -53,6 +53,22 @@ SPEC_ROWS: list[tuple[str, str]] = [
         for module in ("mellea_actors.stdlib.chunking", "mellea_actors.stdlib.streaming")
         for n in ("ChunkingStrategy", "SentenceChunker", "WordChunker", "ParagraphChunker")
     ],
+    *[
+        ("mellea_actors.backends.model_ids", n)
+        for n in (
+            "ModelIdentifier",
+            "IBM_GRANITE_4_HYBRID_MICRO",
+            "IBM_GRANITE_4_1_3B",
+            "IBM_GRANITE_4_2_3B",
+            "IBM_GRANITE_3_3_8B",
+            "META_LLAMA_3_2_1B",
+            "QWEN3_0_6B",
+        )
+    ],
+    *[
+        ("mellea_actors.stdlib.requirements", n)
+        for n in ("req", "check", "simple_validate", "reqify")
+    ],
 ]
 
 #: SPEC §1 rows of the Mellea 0.8 face (and ``stdlib.requirements``) that do not exist yet.
@@ -74,11 +90,6 @@ PENDING_ROWS: list[tuple[str, str]] = [
     *[
         ("mellea_actors.core.requirement", n)
         for n in ("PartialValidationSummary", "_stream_validate", "stream_flush")
-    ],
-    ("mellea_actors.backends.model_ids", "ModelIdentifier"),
-    *[
-        ("mellea_actors.stdlib.requirements", n)
-        for n in ("req", "check", "simple_validate", "reqify")
     ],
 ]
 
@@ -153,6 +164,10 @@ SAME_OBJECT: list[tuple[tuple[str, str], tuple[str, str]]] = [
         ("mellea_actors.backends.model_options", "ModelOption"),
     ),
     (("mellea_actors.backends", "Backend"), ("mellea_actors.core.backend", "Backend")),
+    *[
+        (("mellea_actors.stdlib.requirements", n), ("mellea_actors.core.requirement", n))
+        for n in ("req", "check", "simple_validate", "reqify", "Requirement", "ValidationResult")
+    ],
     *[
         (("mellea_actors.stdlib.streaming", n), ("mellea_actors.stdlib.chunking", n))
         for n in ("ChunkingStrategy", "SentenceChunker", "WordChunker", "ParagraphChunker")

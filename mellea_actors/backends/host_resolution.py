@@ -11,15 +11,44 @@ One decision, in one place (``start_session`` and the command line both call
    returned and the session's check names it.
 
 Host strings are normalised as the ``ollama`` client does (``host:port``, ``http://host`` …).
+
+The model of a session started without ``model_id`` is chosen here too
+(:func:`choose_default_model`), in this order:
+
+1. ``MELLEA_ACTORS_MODEL``, when set (an explicit choice always wins);
+2. else Mellea's default model when the host has it: ``granite4.2:3b`` (Mellea 0.8's
+   ``IBM_GRANITE_4_2_3B``), else ``granite4.1:3b`` (Mellea 0.7.0's ``IBM_GRANITE_4_1_3B``);
+3. else ``smollm2:135m``, the model of the project's embedded local Ollama.
+
+Step 2 needs the host's model list, which ``start_session`` fetches when it checks the host
+(``check=True``, the default); with ``check=False`` nothing is asked and step 3 applies.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 
+from mellea_actors.backends.model_ids import IBM_GRANITE_4_1_3B, IBM_GRANITE_4_2_3B
 from mellea_actors.transport.ollama_http import DEFAULT_HOST, normalize_host
 
-__all__ = ["DEFAULT_HOST", "resolve_host"]
+__all__ = [
+    "DEFAULT_HOST",
+    "MELLEA_DEFAULT_MODELS",
+    "MODEL_ENV",
+    "choose_default_model",
+    "configured_model",
+    "resolve_host",
+]
+
+#: The environment variable that names the default model.
+MODEL_ENV = "MELLEA_ACTORS_MODEL"
+
+#: Mellea's default models, preferred in this order when the host has them: Mellea 0.8's,
+#: then Mellea 0.7.0's.
+MELLEA_DEFAULT_MODELS: tuple[str, ...] = tuple(
+    m.ollama_name for m in (IBM_GRANITE_4_2_3B, IBM_GRANITE_4_1_3B) if m.ollama_name
+)
 
 
 def resolve_host(base_url: str | None) -> str:
@@ -36,3 +65,26 @@ def resolve_host(base_url: str | None) -> str:
     if os.environ.get("MELLEA_ACTORS_NO_EMBEDDED") != "1":
         return local_server.ensure_embedded_ollama().base_url
     return DEFAULT_HOST
+
+
+def configured_model() -> str | None:
+    """The model named by ``MELLEA_ACTORS_MODEL`` (None when unset or empty)."""
+    return os.environ.get(MODEL_ENV) or None
+
+
+def choose_default_model(available: Collection[str] | None) -> str:
+    """The model of a session started without ``model_id`` (see the module docstring).
+
+    Args:
+        available: the models the host lists (``/api/tags``), or None if it was not asked.
+    """
+    configured = configured_model()
+    if configured:
+        return configured
+    if available is not None:
+        for model in MELLEA_DEFAULT_MODELS:
+            if model in available:
+                return model
+    from mellea_actors.local.server import DEFAULT_LOCAL_MODEL  # lazily, as in resolve_host
+
+    return DEFAULT_LOCAL_MODEL

@@ -222,6 +222,12 @@ _SENTENCE_CANDIDATE = re.compile(
     rf"(?P<marks>[{re.escape(_END_MARKS)}]+)[{re.escape(_CLOSERS)}]*|(?P<blank>\n[^\S\n]*\n)"
 )
 _LIST_LETTERS = re.compile(r"[A-Za-z]|[IVXLC]+|[ivxlc]+")
+# Opening quotes / brackets / markdown emphasis skipped to find the first letter of the next
+# sentence: " ' “ ‘ „ ‚ « ‹ ( [ ¿ ¡ * _ and the CJK openers 「『（【《〈［.
+_OPENERS = (
+    "\"'\u201c\u2018\u201e\u201a\u00ab\u2039([\u00bf\u00a1*_"
+    "\u300c\u300e\uff08\u3010\u300a\u3008\uff3b"
+)
 
 
 def _words(words: str) -> frozenset[str]:
@@ -279,16 +285,24 @@ class SentenceChunker(_BuiltinChunker):
     headings and list items without a final period do not run into the next paragraph.
     Decimals (``3.14``), versions and URLs never split: no whitespace follows their dots.
 
-    **Not a boundary** (only when the end mark is a single ``.``; closing characters may follow):
+    **Abbreviations** (the rules apply only when the end mark is a single ``.``; closing
+    characters may follow):
 
-    * titles, case-sensitive: ``Dr. Mr. Mrs. Ms. Mx. Prof. Sr. Jr. St. Rev. Hon. Gen. Col. Capt.
-      Lt. Sgt. Mt.``;
-    * any case: ``vs. e.g. i.e. approx. cf. viz. esp. incl.``, and lower-case ``al.`` (et al.);
+    * titles, which stand before a name, never end a sentence (case-sensitive): ``Dr. Mr. Mrs.
+      Ms. Mx. Prof. Sr. Sra. Srta. St. Rev. Hon. Gov. Sen. Rep. Pres. Gen. Col. Capt. Lt. Sgt.
+      Mt. Mme. Mlle. Messrs.`` ("Dr. Smith", "St. Mark's"). ``Sr.`` is a title (Señor, Sister);
+      ``Jr.``, which follows a name, is not (see the next rule). Trade-off: a sentence ending in
+      one ("We live on Baker St. It is quiet.") is not split;
+    * other abbreviations end a sentence only if the next word starts with an upper-case letter
+      (after any opening quote or bracket): in any case ``etc. approx. vs. e.g. i.e. cf. viz.
+      esp. incl. ca. resp. ibid. dept. a.m. p.m.``, and case-sensitive ``al. Jr. Esq. Inc. Ltd.
+      Corp. Co. Bros. Ph.D.`` -- "Pi is 3.14 approx. Next" and "…, pears, etc. Then we left."
+      split, "approx. 5 km", "e.g. cats" and "King Jr. was born" do not. Trade-off: such an
+      abbreviation followed mid-sentence by a name or by ``I`` ("cats vs. Dogs", "e.g. I think")
+      splits;
     * before a number only (any case): ``No. Nos. Fig. Figs. Eq. Eqs. Vol. Vols. Ch. Sec. Ref.
-      Refs. p. pp.`` -- "see Fig. 3" does not split, "I said no. Then" does;
-    * ``etc.`` ends a sentence only if the next word starts with an upper-case letter ("…, pears,
-      etc. Then we left." splits; "…, etc. and more" does not). Trade-off: "etc. Paris" written
-      mid-sentence splits;
+      Refs. p. pp.`` never end a sentence when a digit follows -- "see Fig. 3" does not split,
+      "I said no. Then" does;
     * initials: a single upper-case letter, or several joined by dots, other than the pronoun
       ``I`` (``J. R. R. Tolkien``, ``John F. Kennedy``, ``U.S. Army``). Trade-off: a sentence
       ending in one capital letter or in ``U.S.`` ("We chose plan B. It worked.") is not split;
@@ -297,24 +311,33 @@ class SentenceChunker(_BuiltinChunker):
       so "1. Boil water.\n2. Add pasta." gives "1. Boil water." and "2. Add pasta.". A number
       ending a sentence elsewhere ("It was 2023. Then") still splits.
 
-    Extra exact, case-sensitive abbreviations (without the final dot, e.g. ``"Inc"``,
-    ``"Ph.D"``) can be given to the constructor. The word before the dot is the run of letters
-    and dots that precedes it.
+    Extra exact, case-sensitive abbreviations that never end a sentence (without the final dot,
+    e.g. ``"Univ"``, ``"Bldg"``) can be given to the constructor. The word before the dot is the
+    run of letters and dots that precedes it.
 
     **Held back.** A sentence is returned once the whitespace after its end is seen, and for the
-    two look-ahead rules (before-a-number, ``etc.``) once the next non-whitespace character is
-    seen; the last sentence is returned by :meth:`flush` at the end of the stream.
+    two look-ahead rules (before-a-number, before-a-capital) once the character that decides
+    is seen (the next non-whitespace one, past opening quotes and brackets for the capital);
+    the last sentence is returned by :meth:`flush` at the end of the stream.
 
     **Whitespace.** Chunks start and end with non-whitespace; the whitespace between sentences is
     the separator and belongs to no chunk (as in Mellea 0.7.0); line breaks inside a sentence
     are kept.
     """
 
-    TITLES: frozenset[str] = _words("Dr Mr Mrs Ms Mx Prof Sr Jr St Rev Hon Gen Col Capt Lt Sgt Mt")
-    ANY_CASE: frozenset[str] = _words("vs e.g i.e approx cf viz esp incl")
-    CASED: frozenset[str] = _words("al")
+    #: Never end a sentence (case-sensitive): they stand before a name.
+    TITLES: frozenset[str] = _words(
+        "Dr Mr Mrs Ms Mx Prof Sr Sra Srta St Rev Hon Gov Sen Rep Pres Gen Col Capt Lt Sgt Mt "
+        "Mme Mlle Messrs"
+    )
+    #: End a sentence unless a digit follows (any case).
     BEFORE_NUMBER: frozenset[str] = _words("no nos fig figs eq eqs vol vols ch sec ref refs p pp")
-    END_IF_CAPITAL: frozenset[str] = _words("etc")
+    #: End a sentence only before a capital (any case).
+    END_IF_CAPITAL: frozenset[str] = _words(
+        "etc approx vs e.g i.e cf viz esp incl ca resp ibid dept a.m p.m"
+    )
+    #: End a sentence only before a capital (case-sensitive).
+    END_IF_CAPITAL_CASED: frozenset[str] = _words("al Jr Esq Inc Ltd Corp Co Bros Ph.D")
 
     def __init__(self, abbreviations: Iterable[str] = ()) -> None:
         """Create a sentence chunker.
@@ -354,21 +377,16 @@ class SentenceChunker(_BuiltinChunker):
         if _LIST_LETTERS.fullmatch(word) and _at_line_start(text, t):
             return False
         lower = word.lower()
-        if (
-            word in self.TITLES
-            or word in self.CASED
-            or lower in self.ANY_CASE
-            or word in self._extra
-            or _is_initials(word)
-        ):
+        if word in self.TITLES or word in self._extra or _is_initials(word):
             return False
-        if lower in self.BEFORE_NUMBER or lower in self.END_IF_CAPITAL:
+        if lower in self.BEFORE_NUMBER:
             q = _first_non_ws(text, b)
-            if q == len(text):
-                return None
-            if lower in self.BEFORE_NUMBER:
-                return not text[q].isdigit()
-            return text[q].isupper()
+            return None if q == len(text) else not text[q].isdigit()
+        if lower in self.END_IF_CAPITAL or word in self.END_IF_CAPITAL_CASED:
+            q = _first_non_ws(text, b)
+            while q < len(text) and text[q] in _OPENERS:
+                q += 1
+            return None if q == len(text) else text[q].isupper()
         return True
 
     def _scan(self, text: str, cur: _Cursor) -> tuple[list[str], _Cursor]:

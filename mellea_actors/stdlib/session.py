@@ -29,13 +29,21 @@ from typing import Any, Literal, TypeVar
 import pydantic
 
 from mellea_actors._arguments import check_count, check_instance, check_text, check_timeout
-from mellea_actors.backends.host_resolution import resolve_host
+from mellea_actors.backends.host_resolution import (
+    MELLEA_DEFAULT_MODELS,
+    MODEL_ENV,
+    choose_default_model,
+    configured_model,
+    resolve_host,
+)
+from mellea_actors.backends.model_ids import ModelIdentifier, ollama_model_name
+from mellea_actors.backends.model_options import ModelOption
 from mellea_actors.backends.ollama import OllamaBackend
 from mellea_actors.core.cblock import CBlock, Component
 from mellea_actors.core.context_chain import Context
 from mellea_actors.core.model_output import ModelOutputThunk
 from mellea_actors.core.requirement import Requirement, ValidationResult, reqify
-from mellea_actors.errors import BackendUnavailableError, InvalidInputError, ModelNotFoundError
+from mellea_actors.errors import InvalidInputError, ModelNotFoundError
 from mellea_actors.runtime.breaker import BreakerPolicy
 from mellea_actors.runtime.crossing import in_thread
 from mellea_actors.runtime.restart_policy import RestartPolicy
@@ -56,8 +64,10 @@ _log = logging.getLogger("mellea_actors")
 T = TypeVar("T")
 
 DEFAULT_MODEL = "smollm2:135m"
-"""The model of ``start_session()`` unless ``model_id`` or ``MELLEA_ACTORS_MODEL`` say otherwise:
-the small model that the project's local Ollama registers (``make run`` / ``make test``)."""
+"""The model of ``start_session()`` when neither ``model_id`` nor ``MELLEA_ACTORS_MODEL`` names
+one and the host has no Mellea default model (see
+:func:`~mellea_actors.backends.host_resolution.choose_default_model`): the small model that the
+project's local Ollama registers (``make run`` / ``make test``)."""
 
 STALE_CONTEXT_WARNING = (
     "Not using a SimpleContext with asynchronous requests could cause unexpected results due to "
@@ -376,47 +386,79 @@ class MelleaSession:
 # -- start_session ------------------------------------------------------------------------------
 def start_session(
     backend_name: Literal["ollama"] = "ollama",
-    model_id: str | None = None,
+    model_id: str | ModelIdentifier | None = None,
     ctx: Context | None = None,
     *,
     context_type: Literal["simple", "chat"] | None = None,
     model_options: dict[str, Any] | None = None,
+    plugins: list[Any] | None = None,
+    allow_context_type_change: bool = False,
     base_url: str | None = None,
     check: bool = True,
     restart_policy: RestartPolicy | None = None,
     breaker_policy: BreakerPolicy | None = None,
-    max_in_flight: int = 256,
+    max_in_flight: int | None = None,
     queue_timeout: float | None = 300.0,
     **backend_kwargs: Any,
 ) -> MelleaSession:
     """Start a session against Ollama.
 
+    Mellea 0.8's signature (``backend_name``, ``model_id``, ``ctx``, ``context_type``,
+    ``model_options``, ``plugins``, ``allow_context_type_change``, and the Ollama backend's
+    keyword arguments), plus the engine's own settings. What mellea_actors cannot honour is
+    refused by name, never ignored.
+
     Args:
-        backend_name: only ``"ollama"``.
-        model_id: the Ollama model; default ``MELLEA_ACTORS_MODEL`` or :data:`DEFAULT_MODEL`.
+        backend_name: only ``"ollama"``; Mellea's other backends (``"hf"``, ``"openai"``,
+            ``"watsonx"``, ``"litellm"``) are refused with an error naming them.
+        model_id: the Ollama model: a tag (``"granite4.1:3b"``) or a
+            :class:`~mellea_actors.backends.model_ids.ModelIdentifier` (its ``ollama_name``;
+            one without an Ollama name is refused). Without it: ``MELLEA_ACTORS_MODEL``, else
+            Mellea's default model when the host has it (``granite4.2:3b``, else
+            ``granite4.1:3b``), else :data:`DEFAULT_MODEL` (the embedded local model); see
+            :mod:`mellea_actors.backends.host_resolution`. With ``check=False`` the host is not
+            asked, so Mellea's default is not looked for.
         ctx: the starting context (default ``SimpleContext()``); exclusive with ``context_type``.
         context_type: ``"simple"`` or ``"chat"``.
         model_options: session defaults, overridden per call (validated now). The environment
             variable ``MELLEA_ACTORS_OPTIONS`` (a JSON object, e.g. ``{"num_predict": 64}``)
             gives defaults below these.
+        plugins: Mellea's session plugins; mellea_actors has no plugin hooks, so only
+            ``None`` (or an empty list) is accepted.
+        allow_context_type_change: accepted for Mellea 0.8 compatibility (a bool); a
+            mellea_actors session never changes its context's type, so it changes nothing.
         base_url: the Ollama host; default ``OLLAMA_HOST``, else ``http://127.0.0.1:11434``, else
             (nothing configured and nothing answering there) the project's embedded local Ollama.
         check: ask the host for its models now, so that an unreachable host or an unknown model
             fails here with an error naming it (a few ms on a local host).
         restart_policy: how the generation supervisor restarts failed generators.
         breaker_policy: when a host's circuit breaker opens and how it probes the host.
-        max_in_flight: requests open at once against the host (more wait for a slot).
+        max_in_flight: requests open at once against the host (more wait for a slot); None
+            (the default) sizes it to the host.
         queue_timeout: the longest a request waits for a slot, in seconds, before it fails with
             ``QueueTimeoutError`` (None: no bound). Time in the queue does not count against
             ``ModelOption.STREAM_TIMEOUT``.
+        **backend_kwargs: the keyword arguments of Mellea's ``OllamaModelBackend``:
+            ``timeout`` (seconds, or None) becomes the session's default
+            ``ModelOption.STREAM_TIMEOUT`` unless ``model_options`` sets it;
+            ``default_to_constraint_checking_alora`` (a bool) is accepted and changes nothing
+            (there are no aLoRA adapters); ``formatter``, ``adapter_models`` and
+            ``adapter_base_model_name`` are accepted only when None (or empty). Any other name
+            is refused.
 
     Raises:
-        InvalidInputError: bad arguments (unknown backend or context type, ``ctx`` together with
-            ``context_type``, bad model options).
+        InvalidInputError: bad arguments (unknown or unsupported backend, context type or
+            keyword argument, ``ctx`` together with ``context_type``, a ``ModelIdentifier``
+            without an Ollama name, bad model options), each naming the argument.
         BackendUnavailableError: the host does not answer (with ``check``).
         ModelNotFoundError: the host does not have the model (with ``check``).
     """
     if backend_name != "ollama":
+        if backend_name in _MELLEA_BACKENDS:
+            raise InvalidInputError(
+                f"backend_name {backend_name!r} is a Mellea backend that mellea_actors does not "
+                "provide: mellea_actors runs models on Ollama only (backend_name='ollama')"
+            )
         raise InvalidInputError(
             f"unknown backend_name {backend_name!r}: mellea_actors supports only 'ollama'"
         )
@@ -433,29 +475,48 @@ def start_session(
             )
     if ctx is not None and not isinstance(ctx, Context):
         raise InvalidInputError(f"ctx must be a Context, got {type(ctx).__name__}")
-    if backend_kwargs:
+    if plugins is not None and (not isinstance(plugins, list | tuple) or plugins):
         raise InvalidInputError(
-            f"unknown start_session argument(s): {', '.join(sorted(backend_kwargs))}"
+            f"plugins={plugins!r} is not supported: mellea_actors has no plugin "
+            "hooks (Mellea's mellea.plugins); pass plugins=None"
         )
-    if model_id is not None:
-        check_text(model_id, "model_id", allow_empty=False)
+    check_instance(allow_context_type_change, bool, "allow_context_type_change")
+    _check_backend_kwargs(backend_kwargs)
+    model = _model_id_name(model_id)
     if model_options is not None:
         check_instance(model_options, Mapping, "model_options")
-    check_count(max_in_flight, "max_in_flight")
+    if "timeout" in backend_kwargs and not (
+        model_options is not None
+        and (ModelOption.STREAM_TIMEOUT in model_options or "stream_timeout" in model_options)
+    ):
+        timeout = backend_kwargs["timeout"]
+        model_options = {ModelOption.STREAM_TIMEOUT: timeout, **(model_options or {})}
+    if max_in_flight is not None:
+        check_count(max_in_flight, "max_in_flight")
     check_timeout(queue_timeout, "queue_timeout")
     if restart_policy is not None:
         check_instance(restart_policy, RestartPolicy, "restart_policy")
     if breaker_policy is not None:
         check_instance(breaker_policy, BreakerPolicy, "breaker_policy")
-    model = model_id or os.environ.get("MELLEA_ACTORS_MODEL") or DEFAULT_MODEL
     host = resolve_host(base_url)
     system = ActorSystem(
         policy=restart_policy,
         breaker_policy=breaker_policy,
-        max_in_flight=max_in_flight,
+        max_in_flight=max_in_flight,  # None: sized to the host
         queue_timeout=queue_timeout,
     )
     try:
+        checked = False
+        if model is None:
+            model = configured_model()
+        if model is None:
+            available = _list_models(system, host) if check else None
+            model = choose_default_model(available)
+            if available is not None:
+                if model not in available:
+                    raise _no_default_model(host, model, available)
+                checked = True
+            _log.info("start_session: no model_id given, using %r on %s", model, host)
         backend = OllamaBackend(
             model,
             base_url=host,
@@ -463,12 +524,75 @@ def start_session(
             model_options=model_options,
             base_options=_options_from_env(),
         )
-        if check:
+        if check and not checked:
             _check_model(system, host, model)
     except BaseException:
         system.close()
         raise
     return MelleaSession(backend, ctx)
+
+
+#: Mellea's other ``backend_name`` values (refused with an error that says so).
+_MELLEA_BACKENDS = frozenset({"hf", "huggingface", "openai", "watsonx", "litellm"})
+
+
+def _model_id_name(model_id: object) -> str | None:
+    """The Ollama tag that ``model_id`` names (None: not given, choose the default)."""
+    if model_id is None:
+        return None
+    if isinstance(model_id, ModelIdentifier):
+        return ollama_model_name(model_id)
+    if not isinstance(model_id, str):
+        raise InvalidInputError(
+            "model_id must be a str (an Ollama tag) or a ModelIdentifier, got "
+            f"{type(model_id).__name__}: {model_id!r}"
+        )
+    return check_text(model_id, "model_id", allow_empty=False)
+
+
+def _check_backend_kwargs(backend_kwargs: dict[str, Any]) -> None:
+    """Check the Mellea ``OllamaModelBackend`` keyword arguments given to ``start_session``."""
+    kwargs = dict(backend_kwargs)
+    if "timeout" in kwargs:
+        check_timeout(kwargs.pop("timeout"), "timeout")
+    alora = kwargs.pop("default_to_constraint_checking_alora", False)
+    check_instance(alora, bool, "default_to_constraint_checking_alora")
+    for name, why in (
+        ("formatter", "mellea_actors renders prompts itself"),
+        ("adapter_models", "mellea_actors has no adapters (aLoRA/LoRA)"),
+        ("adapter_base_model_name", "mellea_actors has no adapters (aLoRA/LoRA)"),
+    ):
+        value = kwargs.pop(name, None)
+        if value is not None and not (isinstance(value, Mapping) and not value):
+            raise InvalidInputError(f"{name}={value!r} is not supported: {why}; pass {name}=None")
+    if kwargs:
+        raise InvalidInputError(
+            f"unknown start_session argument(s): {', '.join(sorted(kwargs))} (mellea_actors "
+            "accepts Mellea's start_session arguments and OllamaModelBackend's keyword "
+            "arguments timeout, formatter, adapter_models, adapter_base_model_name and "
+            "default_to_constraint_checking_alora)"
+        )
+
+
+def _no_default_model(host: str, model: str, available: list[str]) -> ModelNotFoundError:
+    defaults = ", ".join([*MELLEA_DEFAULT_MODELS, model])
+    listed = ", ".join(sorted(available)) or "none"
+    return ModelNotFoundError(
+        f"start_session() got no model_id and {MODEL_ENV} is not set, and Ollama at {host} has "
+        f"none of the default models ({defaults}; available: {listed}); pass model_id=..., "
+        f"set {MODEL_ENV}, or pull one (ollama pull {MELLEA_DEFAULT_MODELS[0]})",
+        host=host,
+        model=model,
+    )
+
+
+def _list_models(system: ActorSystem, host: str) -> list[str]:
+    """The models ``host`` lists (raises BackendUnavailableError if it does not answer)."""
+
+    async def list_models() -> list[str]:
+        return await system.check_host(host)
+
+    return system.loop.run_sync(list_models(), timeout=30)
 
 
 def _options_from_env() -> dict[str, Any]:
@@ -486,13 +610,7 @@ def _options_from_env() -> dict[str, Any]:
 
 
 def _check_model(system: ActorSystem, host: str, model: str) -> None:
-    async def list_models() -> list[str]:
-        return await system.check_host(host)
-
-    try:
-        models = system.loop.run_sync(list_models(), timeout=30)
-    except BackendUnavailableError:
-        raise
+    models = _list_models(system, host)
     names = set(models) | {m.removesuffix(":latest") for m in models}
     if model not in names and f"{model}:latest" not in names:
         raise ModelNotFoundError(
