@@ -42,7 +42,7 @@ import concurrent.futures
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
 from mellea_actors.errors import SingleReaderError
@@ -242,6 +242,11 @@ class Waker:
         """Wait until woken (the waiter's loop only; cancellable)."""
         assert self._future is not None
         await self._future
+
+    def __await__(self) -> Generator[Any, None, None]:
+        """``await waker``: :meth:`wait` without a coroutine of its own (the hot path)."""
+        assert self._future is not None
+        return self._future.__await__()
 
     def wait_sync(self, timeout: float | None) -> bool:
         """Block until woken (the waiter's thread only); False after ``timeout`` seconds."""

@@ -82,7 +82,8 @@ class ChatTransport(Protocol):
     """What the supervisor needs from the transport of one host (used on the actor loop only)."""
 
     async def stream_chat(self, request: GenerationRequest, sink: DeltaSink) -> FinalObject:
-        """Stream one chat into ``sink``; raise a ``BackendError`` subclass.
+        """Stream one chat into ``sink`` (``add`` per delta, ``flush`` at the end of every
+        network read); raise a ``BackendError`` subclass.
 
         Cancelling the calling task must close the connection."""
         ...
@@ -115,48 +116,33 @@ class _Generation:
 class _DeltaBatch:
     """The generator's :class:`~mellea_actors.transport.ollama_http.DeltaSink` (loop thread).
 
-    The transport adds the deltas of one network read, then flushes: the thunk actor gets them
-    in one ``DeltasArrived``, handled at once (the same-loop fast path,
+    The transport adds the deltas of one network read, then flushes (its contract): the thunk
+    actor gets them in one ``DeltasArrived``, handled at once (the same-loop fast path,
     :func:`~mellea_actors.runtime.loop.tell_here`: the generator and the thunk actor share the
-    loop). A transport that never flushes is covered by a flush scheduled for the end of the
-    tick. ``flush()`` must run before the generator's final message to the thunk.
+    loop). ``flush()`` also runs before the generator's final message to the thunk.
     """
 
-    __slots__ = ("_at", "_gen", "_loop", "_on_first", "_scheduled", "_texts", "_thinking")
+    __slots__ = ("_at", "_gen", "_on_first", "_texts", "_thinking")
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        gen: _Generation,
-        on_first: Callable[[], None],
-    ) -> None:
-        self._loop = loop
+    def __init__(self, gen: _Generation, on_first: Callable[[], None]) -> None:
         self._gen = gen
         self._on_first = on_first
         self._texts: list[str] = []
         self._thinking: list[str] = []
-        self._scheduled = False
         self._at = 0.0
 
     def add(self, content: str, thinking: str) -> None:
         gen = self._gen
         if not self._texts and not self._thinking:
             self._at = time.monotonic()
-            if not self._scheduled:
-                self._scheduled = True
-                self._loop.call_soon(self._end_of_tick)
-        if gen.deltas == 0:
-            gen.first_delta_at = self._at
-            self._on_first()
+            if gen.deltas == 0:
+                gen.first_delta_at = self._at
+                self._on_first()
         gen.deltas += 1
         if content:
             self._texts.append(content)
         if thinking:
             self._thinking.append(thinking)
-
-    def _end_of_tick(self) -> None:
-        self._scheduled = False
-        self.flush()
 
     def flush(self) -> None:
         if not self._texts and not self._thinking:
@@ -497,7 +483,7 @@ class GenerationSupervisor(RuntimeActor):
             assert gen.first_delta_at is not None
             self._emit("first_chunk", gen, latency=gen.first_delta_at - gen.started_at)
 
-        batch = _DeltaBatch(self.actor_loop.loop, gen, on_first)
+        batch = _DeltaBatch(gen, on_first)
         try:
             transport = self.transport_for(request.host)
             final = await transport.stream_chat(request, batch)

@@ -392,13 +392,13 @@ def tell_here(ref: pykka.ActorRef[Any], message: Any) -> None:
 
     Raises ``pykka.ActorDeadError`` like ``tell`` when the actor is gone."""
     inbox = ref.actor_inbox
-    actor = inbox._actor if isinstance(inbox, _LoopInbox) else None
-    if actor is None or not actor.actor_loop.in_loop_thread():
+    actor = inbox._actor if inbox.__class__ is _LoopInbox else None
+    if actor is None or current_actor_loop() is not actor.actor_loop:
         ref.tell(message)
-    elif actor.actor_stopped.is_set():
+    elif actor.actor_stopped._set:  # type: ignore[attr-defined]
         raise ActorDeadError(f"{actor} is stopped")
     else:
-        actor._deliver(Envelope(message))
+        actor.receive_now(message)
 
 
 class _LoopInbox:
@@ -517,6 +517,18 @@ class LoopActor(pykka.Actor):
             self._spawn(response, reply_to)
         else:
             reply_to.set(response)
+
+    def receive_now(self, message: Any) -> None:
+        """Handle a tell now (see :func:`tell_here`): the same as its delivery through the
+        mailbox — a handler exception crashes the actor — without pykka's dispatch of proxy
+        and stop messages, which a tell from the runtime never is."""
+        try:
+            response = self.on_receive(message)
+        except BaseException:
+            self._crash(sys.exc_info())  # type: ignore[arg-type]
+            return
+        if response is not None and asyncio.iscoroutine(response):
+            self._spawn(response, None)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], reply_to: pykka.Future[Any] | None) -> None:
         task = self.actor_loop.loop.create_task(coro)

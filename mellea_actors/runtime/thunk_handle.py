@@ -175,16 +175,18 @@ class ThunkHandle:
         return read.text
 
     async def _read_next(self) -> StreamRead:
+        """Wait (as the claimed reader) until there is text after the cursor or an outcome."""
         cell = self.cell
-        if cell.outcome is None and not self.streamed:
-            await self.outcome()
-        elif cell.outcome is None and len(cell.deltas) <= self.cursor:
-            waker = Waker.for_running_loop()
-            if cell.park(waker, self.cursor):
-                try:
-                    await waker.wait()
-                finally:
-                    cell.unpark(waker)
+        if cell.outcome is None:
+            if not self.streamed:
+                await self.outcome()
+            elif len(cell.deltas) <= self.cursor:
+                waker = Waker.for_running_loop()
+                if cell.park(waker, self.cursor):
+                    try:
+                        await waker
+                    finally:
+                        cell.unpark(waker)
         return read_from(cell, self.cursor)
 
     def iter_deltas(

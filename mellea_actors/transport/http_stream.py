@@ -1,7 +1,7 @@
 """Streamed HTTP/1.1 POSTs over pooled connections: an asyncio protocol, parsed by httptools.
 
 This is the hot path of every generation: each streamed delta is one HTTP chunk. The bytes are
-handed to the caller's ``on_body`` *inside* the protocol's ``data_received`` callback — no task
+handed to the caller's the body reader *inside* the protocol's ``data_received`` callback — no task
 wakes up per chunk, no stream object is built per read — and the HTTP framing (status line,
 headers, chunked encoding) is decoded by ``httptools`` (the llhttp parser in C that uvicorn
 uses). httpx is the right client for everything else (``ollama.AsyncClient`` keeps the management
@@ -13,11 +13,11 @@ first used the pool (the runtime's actor loop); every method must be called ther
 
 Semantics, stated where they are enforced:
 
-* :meth:`ConnectionPool.stream_post` returns once ``on_body`` said the answer is complete (it
+* :meth:`ConnectionPool.stream_post` returns once the body reader said the answer is complete (it
   returned True) — the connection then goes back to the pool when its HTTP message ends — or
   raises: :class:`HttpStatusError` for a status ≥ 400 (with the body), :class:`ConnectionClosed`
   when the connection ended first, :class:`MalformedAnswer` when the answer is not HTTP,
-  ``OSError`` when connecting failed, or whatever ``on_body`` raised (the connection is then
+  ``OSError`` when connecting failed, or whatever the body reader raised (the connection is then
   closed).
 * **Cancellation closes the connection at once.** Cancelling the awaiting task, in any phase —
   connecting, waiting for the headers, between two chunks — aborts the socket before the
@@ -33,17 +33,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol, cast
 
 import httptools
 
-__all__ = ["ConnectionClosed", "ConnectionPool", "HttpStatusError", "MalformedAnswer"]
+__all__ = ["BodyReader", "ConnectionClosed", "ConnectionPool", "HttpStatusError", "MalformedAnswer"]
 
-BodyCallback = Callable[[bytes], bool]
-"""``on_body(data) -> done``: a piece of the (de-chunked) body, on the loop; True once the
-caller has read everything it needs (the request then completes). When the HTTP message ends
-first, it is called once more with ``b""`` (the end of the body)."""
+
+class BodyReader(Protocol):
+    """What reads an answer's body, on the loop, inside the socket's read callback."""
+
+    def body(self, data: bytes) -> bool:
+        """A piece of the (de-chunked) body; True once the reader has everything it needs
+        (the request then completes). When the HTTP message ends first, it is called once
+        more with ``b""`` (the end of the body)."""
+        ...
+
+    def end_of_read(self) -> None:
+        """Called after the pieces of one network read (one or more ``body`` calls)."""
+        ...
+
 
 _MAX_ERROR_BODY = 65536
 
@@ -58,7 +68,7 @@ class HttpStatusError(Exception):
 
 
 class ConnectionClosed(ConnectionError):
-    """The answer ended before ``on_body`` had all it needed. ``received`` tells whether any
+    """The answer ended before the body reader had all it needed. ``received`` tells whether any
     byte of the answer had arrived; ``orderly`` whether the HTTP message itself ended normally
     (the body was short) rather than the connection breaking."""
 
@@ -79,8 +89,9 @@ class MalformedAnswer(Exception):
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection carrying one request at a time (loop thread only).
 
-    State: ``_waiter`` is the future of the request in flight (None when idle); ``_on_body`` its
-    body callback while the status is < 400. ``reusable`` is set when a message ended cleanly
+    State: ``_waiter`` is the future of the request in flight (None when idle); ``_reader`` its
+    body reader while the status is < 400 and the reader still reads; ``_ending`` the reader to
+    tell the end of the current network read. ``reusable`` is set when a message ended cleanly
     and the server allows keep-alive; ``closed`` once the transport is gone.
     """
 
@@ -89,7 +100,8 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._on_body: BodyCallback | None = None
+        self._reader: BodyReader | None = None
+        self._ending: BodyReader | None = None
         self._status = 0
         self._error_body = b""
         self._received = False
@@ -99,20 +111,26 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         first = not self._received
         self._received = True
+        reader = self._ending = self._reader
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             cause = exc.__cause__ or exc.__context__
-            if isinstance(cause, _CallbackFailed):  # raised by on_body: fail with its error
+            if isinstance(cause, _CallbackFailed):  # raised by the reader: fail with its error
                 self._fail(cause.error)
             else:
                 self._fail(MalformedAnswer(str(exc), data[:120] if first else b""))
+        if reader is not None and self._ending is reader:
+            self._ending = None
+            try:
+                reader.end_of_read()
+            except BaseException as exc:
+                self._fail(exc)
 
     def eof_received(self) -> bool:
         return False  # close the transport: connection_lost follows
@@ -134,22 +152,22 @@ class _Connection(asyncio.Protocol):
             if len(self._error_body) < _MAX_ERROR_BODY:
                 self._error_body += body[: _MAX_ERROR_BODY - len(self._error_body)]
             return
-        on_body = self._on_body
-        if on_body is None or self._answered:
+        reader = self._reader
+        if reader is None or self._answered:
             return
         try:
-            done = on_body(body)
+            done = reader.body(body)
         except BaseException as exc:
             raise _CallbackFailed(exc) from None
         if done:
             self._answered = True
-            self._on_body = None
+            self._reader = None
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(None)
 
     def on_message_complete(self) -> None:
-        if self._status < 400 and not self._answered and self._on_body is not None:
-            self.on_body(b"")  # the end of the body: the callback's last word
+        if self._status < 400 and not self._answered and self._reader is not None:
+            self.on_body(b"")  # the end of the body: the reader's last word
         waiter = self._waiter
         if self._status >= 400:
             if waiter is not None and not waiter.done():
@@ -160,18 +178,18 @@ class _Connection(asyncio.Protocol):
             )
         keep = self._parser.should_keep_alive() and self._answered
         self._waiter = None
-        self._on_body = None
+        self._reader = None
         if keep:
             self.reusable = True
             self._pool.release(self)
 
     # -- the caller's side --------------------------------------------------------------------
-    def start(self, request: bytes, on_body: BodyCallback) -> asyncio.Future[None]:
+    def start(self, request: bytes, reader: BodyReader) -> asyncio.Future[None]:
         """Send ``request``; the future settles as :meth:`ConnectionPool.stream_post` says."""
         assert self.transport is not None
         loop = self._pool.loop
         self._waiter = waiter = loop.create_future()
-        self._on_body = on_body
+        self._reader = reader
         self._status = 0
         self._error_body = b""
         self._received = False
@@ -183,7 +201,7 @@ class _Connection(asyncio.Protocol):
     def _fail(self, error: BaseException) -> None:
         waiter = self._waiter
         self._waiter = None
-        self._on_body = None
+        self._reader = self._ending = None
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
         self.abort()
@@ -191,14 +209,14 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         """Close the socket at once (the server sees the disconnect now)."""
         self.reusable = False
-        self._on_body = None
+        self._reader = self._ending = None
         if self.transport is not None and not self.closed:
             self.closed = True
             self.transport.abort()
 
 
 class _CallbackFailed(Exception):
-    """Carries what ``on_body`` raised through httptools' parser."""
+    """Carries what the body reader raised through httptools' parser."""
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(repr(error))
@@ -240,20 +258,20 @@ class ConnectionPool:
         lines.append(f"Content-Length: {length}")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    async def stream_post(self, request: bytes, on_body: BodyCallback) -> None:
+    async def stream_post(self, request: bytes, reader: BodyReader) -> None:
         """Send one request (:meth:`request_head`, then the body) and feed its answer to
-        ``on_body``; see the module docstring for how it ends."""
+        ``reader``; see the module docstring for how it ends."""
         for attempt in (1, 2):
             conn, reused = await self._checkout()
             try:
-                await conn.start(request, on_body)
+                await conn.start(request, reader)
             except ConnectionClosed as exc:
                 self._busy.discard(conn)
                 conn.abort()
                 if reused and not exc.received and attempt == 1:
                     continue  # the server closed an idle connection as we sent: send once more
                 raise
-            except BaseException:  # a cancel, an HTTP error, what on_body raised: never reuse
+            except BaseException:  # a cancel, an HTTP error, what the reader raised: no reuse
                 self._busy.discard(conn)
                 if not conn.reusable:
                     conn.abort()

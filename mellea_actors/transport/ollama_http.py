@@ -271,8 +271,9 @@ def map_error(exc: BaseException, *, host: str, model: str | None) -> BackendErr
 class _NdjsonDecoder:
     """Ollama's NDJSON chat answer, fed as it arrives; split on ``\n`` only (loop thread).
 
-    :meth:`feed` is the body callback of :meth:`ConnectionPool.stream_post`: it delivers each
-    object's delta to ``on_delta`` and returns True once the final object (``done=true``) came.
+    The :class:`~mellea_actors.transport.http_stream.BodyReader` of the chat request: ``body``
+    hands each object's delta to the sink and returns True once the final object
+    (``done=true``) came; ``end_of_read`` flushes the sink once per network read.
     Only the fields the runtime needs are read: no model object per delta.
     """
 
@@ -286,28 +287,26 @@ class _NdjsonDecoder:
         self.final: FinalObject | None = None
         self.watchdog: _Watchdog | None = None
 
-    def feed(self, data: bytes) -> bool:
+    def body(self, data: bytes) -> bool:
         if not data:  # the end of the body: a last object may lack its newline
             pending, self._pending = self._pending, b""
-            try:
-                return bool(pending.strip()) and self._on_line(pending)
-            finally:
-                self._sink.flush()
-        if self.watchdog is not None:
-            self.watchdog.feed()
+            return bool(pending.strip()) and self._on_line(pending)
         if self._pending:
             data = self._pending + data
         start = 0
-        try:
-            while (end := data.find(b"\n", start)) != -1:
-                if end > start and self._on_line(data[start:end]):
-                    self._pending = b""
-                    return True
-                start = end + 1
-        finally:
-            self._sink.flush()  # one hand-over per network read
+        while (end := data.find(b"\n", start)) != -1:
+            if end > start and self._on_line(data[start:end]):
+                self._pending = b""
+                return True
+            start = end + 1
         self._pending = data[start:]
         return False
+
+    def end_of_read(self) -> None:
+        """One network read is over: its deltas go on together; the stream is alive."""
+        if self.watchdog is not None:
+            self.watchdog.feed()
+        self._sink.flush()
 
     def dropped(self, exc: ConnectionClosed) -> BackendError:
         """The error for an answer that ended before the final object."""
@@ -454,7 +453,7 @@ class OllamaTransport:
             watchdog = None if timeout is None else _Watchdog(asyncio.get_running_loop(), timeout)
             decoder.watchdog = watchdog
             try:
-                await pool.stream_post(message, decoder.feed)
+                await pool.stream_post(message, decoder)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if watchdog is None or not watchdog.fired or task is None or task.uncancel():
