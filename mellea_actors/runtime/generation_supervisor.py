@@ -93,7 +93,7 @@ class ChatTransport(Protocol):
         ...
 
 
-@dataclass
+@dataclass(slots=True)
 class _Generation:
     """The supervisor's record of one request (loop thread; see the module docstring for who
     writes which field)."""

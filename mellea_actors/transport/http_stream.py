@@ -95,6 +95,21 @@ class _Connection(asyncio.Protocol):
     and the server allows keep-alive; ``closed`` once the transport is gone.
     """
 
+    __slots__ = (
+        "_answered",
+        "_ending",
+        "_error_body",
+        "_parser",
+        "_pool",
+        "_reader",
+        "_received",
+        "_status",
+        "_waiter",
+        "closed",
+        "reusable",
+        "transport",
+    )
+
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)

@@ -56,7 +56,7 @@ from mellea_actors.errors import (
     StreamDroppedError,
     StreamTimeoutError,
 )
-from mellea_actors.transport.chat_request import GenerationRequest
+from mellea_actors.transport.chat_request import ChatMessage, GenerationRequest
 from mellea_actors.transport.http_stream import (
     ConnectionClosed,
     ConnectionPool,
@@ -89,11 +89,18 @@ class FinalObject:
     total_duration: int | None
 
 
+def _message_body(message: ChatMessage) -> dict[str, Any]:
+    body: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.images is not None:
+        body["images"] = list(message.images)
+    return body
+
+
 def _chat_body(request: GenerationRequest) -> dict[str, Any]:
     """The JSON body of ``POST /api/chat`` (``None`` fields left out, as the client does)."""
     body: dict[str, Any] = {
         "model": request.model,
-        "messages": [m.model_dump(exclude_none=True) for m in request.messages],
+        "messages": [_message_body(m) for m in request.messages],
         "stream": True,
     }
     if request.options:
