@@ -83,8 +83,11 @@ class ThunkCell:
         self.waker: Waker | None = None  # the holder's parked waker
 
     # -- the single-reader guard (any thread) ---------------------------------------------------
-    def claim_reader(self, who: str) -> None:
-        """Become the thunk's reader; raise SingleReaderError if someone else is reading."""
+    def claim_reader(self, who: str, waker: Waker | None = None, cursor: int = 0) -> bool:
+        """Become the thunk's reader; raise SingleReaderError if someone else is reading.
+
+        With a ``waker``, also park it (one lock for both) unless there is already news after
+        ``cursor``; returns whether it was parked (``release_reader`` drops it)."""
         with self.lock:
             if self.reader is not None:
                 raise SingleReaderError(
@@ -93,6 +96,10 @@ class ThunkCell:
                     "consumers)"
                 )
             self.reader = who
+            if waker is None or len(self.deltas) > cursor or self.outcome is not None:
+                return False
+            self.waker = waker
+            return True
 
     def release_reader(self, who: str) -> None:
         with self.lock:

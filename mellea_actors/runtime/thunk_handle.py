@@ -163,12 +163,19 @@ class ThunkHandle:
     async def astream(self, who: str = "astream()") -> str:
         """The text after this handle's cursor (see the module docstring)."""
         cell = self.cell
-        cell.claim_reader(who)
+        waker = None
+        if cell.outcome is None and self.streamed and len(cell.deltas) <= self.cursor:
+            waker = Waker.for_running_loop()  # likely to wait: claim and park in one step
+        parked = cell.claim_reader(who, waker, self.cursor)
         try:
             self.stream_started = True
-            read = await self._read_next()
+            if parked:
+                await waker  # type: ignore[misc]  # parked implies a waker
+            elif cell.outcome is None and not self.streamed:
+                await self.outcome()
+            read = read_from(cell, self.cursor)
         finally:
-            cell.release_reader(who)
+            cell.release_reader(who)  # also drops a parked waker
         self.cursor = read.cursor
         if read.outcome is not None and not read.text:
             _value_of(read.outcome)  # a failed generation raises once its text was read
