@@ -30,6 +30,7 @@ __all__ = [
     "S",
     "TemplateRepresentation",
     "blockify",
+    "is_component",
     "is_model_output_thunk",
     "render_plain",
 ]
@@ -139,6 +140,20 @@ class TemplateRepresentation:
     images: list[Any] | None = None
 
 
+_COMPONENT_TYPES: dict[type, bool] = {}
+
+
+def is_component(x: object) -> bool:
+    """``isinstance(x, Component)``, answered once per type: the protocol's members are methods,
+    so the answer depends on the class only, and a protocol check costs tens of microseconds
+    (every request renders several components)."""
+    kind = type(x)
+    known = _COMPONENT_TYPES.get(kind)
+    if known is None:
+        known = _COMPONENT_TYPES[kind] = isinstance(x, Component)
+    return known
+
+
 def is_model_output_thunk(x: object) -> bool:
     """True when ``x`` behaves like a ``ModelOutputThunk`` (has ``is_computed`` and ``avalue``)."""
     return callable(getattr(x, "is_computed", None)) and callable(getattr(x, "avalue", None))
@@ -148,7 +163,7 @@ def blockify(s: object) -> CBlock | Component[Any] | ModelOutputThunk:
     """Wrap a ``str`` into a :class:`CBlock`; return blocks, components and thunks unchanged."""
     if isinstance(s, str):
         return CBlock(s)
-    if isinstance(s, CBlock) or is_model_output_thunk(s) or isinstance(s, Component):
+    if isinstance(s, CBlock) or is_model_output_thunk(s) or is_component(s):
         return cast("CBlock | Component[Any] | ModelOutputThunk", s)
     raise InvalidInputError(
         f"expected a str, CBlock, Component or ModelOutputThunk, got {type(s).__name__}: {s!r}"
@@ -173,8 +188,8 @@ def render_plain(x: object) -> str:
         if "content" in x.args:
             return render_plain(x.args["content"])
         return render_plain({k: v for k, v in x.args.items() if v is not None})
-    if isinstance(x, Component):
-        return render_plain(x.format_for_llm())
+    if is_component(x):
+        return render_plain(cast(Component[Any], x).format_for_llm())
     if isinstance(x, Mapping):
         return "\n".join(f"{k}: {render_plain(v)}" for k, v in x.items())
     if isinstance(x, Iterable):

@@ -18,7 +18,7 @@ import abc
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
-from mellea_actors.core.cblock import CBlock, Component, is_model_output_thunk
+from mellea_actors.core.cblock import CBlock, Component, is_component, is_model_output_thunk
 from mellea_actors.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def _check_item(data: object) -> None:
         return
     if data is None:
         raise InvalidInputError("cannot add None to a context")
-    if isinstance(data, CBlock) or is_model_output_thunk(data) or isinstance(data, Component):
+    if isinstance(data, CBlock) or is_model_output_thunk(data) or is_component(data):
         _ITEM_TYPES.add(type(data))
     else:
         hint = " (wrap text in a CBlock or a Message)" if isinstance(data, str) else ""

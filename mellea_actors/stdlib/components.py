@@ -17,6 +17,7 @@ from mellea_actors.core.cblock import (
     Component,
     TemplateRepresentation,
     blockify,
+    is_component,
     is_model_output_thunk,
     render_plain,
 )
@@ -155,7 +156,7 @@ class Instruction(Component[str]):
                 raise InvalidInputError(f"grounding_context keys must be str, got {key!r}")
             if isinstance(value, str | CBlock):
                 value = _substitute_block(value, variables, f"grounding context {key!r}")
-            elif not (is_model_output_thunk(value) or isinstance(value, Component)):
+            elif not (is_model_output_thunk(value) or is_component(value)):
                 raise InvalidInputError(
                     f"grounding_context[{key!r}] must be a str, CBlock, Component or "
                     f"ModelOutputThunk, got {type(value).__name__}"
