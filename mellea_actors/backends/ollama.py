@@ -21,7 +21,7 @@ import pydantic
 from mellea_actors._arguments import check_text
 from mellea_actors.backends.model_options import ResolvedOptions, resolve_options
 from mellea_actors.core.backend import Backend
-from mellea_actors.core.cblock import CBlock, Component, render_plain
+from mellea_actors.core.cblock import CBlock, is_component, render_plain
 from mellea_actors.core.context_chain import Context
 from mellea_actors.core.message import Message
 from mellea_actors.core.model_output import ModelOutputThunk
@@ -40,7 +40,7 @@ async def _item_messages(item: object) -> list[ChatMessage]:
         if not item.is_computed() and item.value is None:
             await item.avalue()  # a lazy thunk of the history: wait for what the model said
         return [ChatMessage(role="assistant", content=item.value or "")]
-    if isinstance(item, CBlock | Component | str):
+    if isinstance(item, CBlock | str) or is_component(item):
         text = render_plain(item)
         return [ChatMessage(role="user", content=text)] if text else []
     raise InvalidInputError(f"cannot render {type(item).__name__} into a chat message: {item!r}")

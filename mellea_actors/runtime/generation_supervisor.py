@@ -446,8 +446,9 @@ class GenerationSupervisor(RuntimeActor):
 
     # the generator ---------------------------------------------------------------------------
     def _tell_thunk(self, gen: _Generation, message: Any) -> None:
+        """Tell the thunk actor (same loop: handled at once, after the deltas it was told)."""
         with contextlib.suppress(pykka.ActorDeadError):
-            gen.thunk.tell(message)
+            tell_here(gen.thunk, message)
 
     def _meta(self, gen: _Generation, final: Any = None) -> GenerationStats:
         ttfc = None if gen.first_delta_at is None else gen.first_delta_at - gen.started_at
@@ -515,4 +516,7 @@ class GenerationSupervisor(RuntimeActor):
         self._report(GeneratorExited(request.request_id, attempt, gen.deltas))
 
     def _report(self, message: GeneratorExited) -> None:
-        self.tell_self(message)
+        """A generator's exit, from its task or its done callback (never from a handler of
+        this supervisor): handled at once, as the task's last step."""
+        with contextlib.suppress(pykka.ActorDeadError):  # stopped: its on_stop ended it all
+            tell_here(self.actor_ref, message)

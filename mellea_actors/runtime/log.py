@@ -53,6 +53,7 @@ class SupervisionLog:
         self._records: deque[dict[str, Any]] = deque(maxlen=capacity)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self._waiting = 0  # threads in wait_for (guarded by the lock): notify only then
         self._std = _stdlib_logger()
         self._logger = structlog.wrap_logger(
             self._std,
@@ -85,7 +86,8 @@ class SupervisionLog:
             record.update(fields)
         with self._lock:
             self._records.append(record)
-            self._changed.notify_all()
+            if self._waiting:
+                self._changed.notify_all()
         level = logging.WARNING if event in _WARNING_EVENTS else logging.INFO
         if self._std.isEnabledFor(level):
             log_fields = {k: v for k, v in record.items() if k != "event"}
@@ -141,7 +143,12 @@ class SupervisionLog:
             ]
 
         with self._changed:
-            if not self._changed.wait_for(lambda: len(matches()) >= count, timeout):
+            self._waiting += 1
+            try:
+                found = self._changed.wait_for(lambda: len(matches()) >= count, timeout)
+            finally:
+                self._waiting -= 1
+            if not found:
                 raise TimeoutError(
                     f"fewer than {count} {event!r} events (thunk={thunk}, actor={actor}) "
                     f"after {timeout} s"
