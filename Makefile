@@ -34,8 +34,11 @@ typecheck: $(STAMP)
 
 check: lint typecheck
 
-bench: ollama
-	$(BIN)/python bench/run.py
+## the benchmark suite (SPEC §8; bench/README.md): needs no Ollama, it runs its own scripted
+## server; writes its tables into bench/README.md and its plot into bench/scaling.png
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python bench/run.py --readme bench/README.md --plot bench/scaling.png
 
 ## run the local Ollama in the foreground (prints OLLAMA_HOST to export in another shell)
 serve: ollama

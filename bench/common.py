@@ -106,3 +106,69 @@ def spread(values: Sequence[float]) -> float:
         return 0.0
     mid = median(values)
     return (max(values) - min(values)) / mid if mid else float("nan")
+
+
+class Arrivals:
+    """When each counting token (``t0 ``, ``t1 ``…) of one stream arrived, and whether in order."""
+
+    __slots__ = ("disorder", "next", "times")
+
+    def __init__(self, tokens: int) -> None:
+        self.times: list[float | None] = [None] * tokens
+        self.next = 0  # the index the next token must have
+        self.disorder = 0  # tokens that did not come right after their predecessor
+
+    def add(self, text: str, now: float) -> None:
+        """Stamp every token found in ``text`` (one read of the stream) with ``now``."""
+        for tok in text.split():
+            i = token_index(tok)
+            if i != self.next:
+                self.disorder += 1
+            self.next = i + 1
+            if 0 <= i < len(self.times):
+                self.times[i] = now
+
+
+def raise_open_files(want: int = 65536) -> int:
+    """Raise this process's soft limit of open files towards ``want`` (capped by the hard limit);
+    returns the soft limit now in force. Thousands of concurrent streams need one socket each."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
+def stream_result(m: Meter, rep: int, received: Sequence[Arrivals]) -> dict[str, Any]:
+    """One measured repetition of the many-streams scenario, as a worker returns it."""
+    return {
+        "wall": m.wall,
+        "cpu": m.cpu,
+        "recv": {f"r{rep}s{k}": a.times for k, a in enumerate(received)},
+        "disorder": sum(a.disorder for a in received),
+    }
+
+
+class FirstText:
+    """Time from its creation to the first non-empty text added, and the whole text."""
+
+    __slots__ = ("first", "parts", "t0")
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.first: float | None = None
+        self.parts: list[str] = []
+
+    def add(self, text: str) -> None:
+        if text and self.first is None:
+            self.first = time.perf_counter() - self.t0
+        self.parts.append(text)
+
+    def result(self, expect: str) -> dict[str, Any]:
+        return {"first_s": self.first, "ok": "".join(self.parts) == expect}

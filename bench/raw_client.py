@@ -1,5 +1,7 @@
-"""The baselines: ``ollama.AsyncClient`` used directly (no mellea, no actors).
+"""The baselines: the floor client, and ``ollama.AsyncClient`` used directly (no mellea, no actors).
 
+* ``floor``: :class:`floor_client.FloorClient`, the least a Python client spends (raw sockets,
+  ``json.loads`` per line, one task per stream, no cap).
 * ``raw_naive``: ``ollama.AsyncClient(host)`` as it comes (httpx defaults: at most 100
   connections; further requests wait inside httpx's connection pool) and ``asyncio.gather``.
 * ``raw_capped``: the client used well: an ``asyncio.Semaphore(cap)`` in front of the requests
@@ -20,7 +22,8 @@ from typing import Any
 
 import httpx
 import ollama
-from common import MODEL, Meter, proc_status, tag, token_index
+from common import MODEL, Arrivals, FirstText, Meter, proc_status, stream_result, tag
+from floor_client import FloorClient
 
 
 class RawClient:
@@ -54,20 +57,29 @@ class RawClient:
         parts: list[str] = []
         async with self.slot():
             async for part in await self.stream(prompt):
-                parts.append(part.message.content or "")
+                parts.append(_content(part) or "")
         return "".join(parts)
 
     async def aclose(self) -> None:
         await self.client._client.aclose()
 
 
-def _client(p: dict[str, Any]) -> RawClient:
+def _client(p: dict[str, Any]) -> Any:
+    if p["variant"] == "floor":
+        return FloorClient(p["base_url"])
     return RawClient(
         p["base_url"],
         capped=p["variant"] == "raw_capped",
         cap=p["cap"],
         keepalive=p.get("keepalive", 20),
     )
+
+
+def _content(part: Any) -> str:
+    """A streamed object's text: a pydantic ``ChatResponse`` (raw) or a dict (floor)."""
+    if isinstance(part, dict):
+        return str(part.get("message", {}).get("content") or "")
+    return str(part.message.content or "")
 
 
 def _reps(p: dict[str, Any]) -> list[tuple[int, bool]]:
@@ -86,6 +98,22 @@ async def long_stream(p: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(
                 {"wall": m.wall, "cpu": m.cpu, "chars": len(text), "ok": text == p["expect"]}
             )
+    await raw.aclose()
+    return out
+
+
+# -- 1b. time to first text --------------------------------------------------------------------
+async def first_text(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """From the call to the first streamed object with text; each stream then drained."""
+    raw = _client(p)
+    out = []
+    for i, measured in _reps(p):
+        seen = FirstText()
+        async with raw.slot():
+            async for part in await raw.stream(f"first text {tag(f'f{i}')}"):
+                seen.add(_content(part))
+        if measured:
+            out.append(seen.result(p["expect"]))
     await raw.aclose()
     return out
 
@@ -120,7 +148,7 @@ async def cancel(p: dict[str, Any]) -> list[dict[str, Any]]:
             seen = 0
             async with raw.slot():
                 async for part in await raw.stream(prompt):
-                    if part.message.content:
+                    if _content(part):
                         seen += 1
                         if seen >= p["after"]:
                             ready.set()
@@ -145,27 +173,19 @@ async def many_streams(p: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for i, measured in _reps(p):
 
-        async def one(k: int, i: int = i) -> list[float | None]:
-            times: list[float | None] = [None] * tokens
+        async def one(k: int, i: int = i) -> Arrivals:
+            arrivals = Arrivals(tokens)
             async with raw.slot():
                 async for part in await raw.stream(f"stream {k} {tag(f'r{i}s{k}')}"):
-                    content = part.message.content
+                    content = _content(part)
                     if content:
-                        now = time.monotonic()
-                        for tok in content.split():
-                            times[token_index(tok)] = now
-            return times
+                        arrivals.add(content, time.monotonic())
+            return arrivals
 
         with Meter() as m:
             received = await asyncio.gather(*(one(k) for k in range(n)))
         if measured:
-            out.append(
-                {
-                    "wall": m.wall,
-                    "cpu": m.cpu,
-                    "recv": {f"r{i}s{k}": t for k, t in enumerate(received)},
-                }
-            )
+            out.append(stream_result(m, i, received))
     await raw.aclose()
     return out
 

@@ -1,10 +1,12 @@
-"""mellea_actors benchmark suite (SPEC §8), side by side: raw ollama client, ours, Mellea 0.7.0.
+"""mellea_actors benchmark suite (SPEC §8), side by side: the floor, the raw ollama client,
+Mellea 0.7.0 and ours.
 
 Usage (from the project root)::
 
-    .venv/bin/python bench/run.py                 # full run (~10 min)
-    .venv/bin/python bench/run.py --quick         # smaller sizes (< 1 min)
+    .venv/bin/python bench/run.py                 # full run (~15 min on 2 cores)
+    .venv/bin/python bench/run.py --quick         # smaller sizes (~1.5 min)
     .venv/bin/python bench/run.py --only cancel --json out.json
+    .venv/bin/python bench/run.py --readme bench/README.md --plot bench/scaling.png   # make bench
 
 Every (scenario, variant) runs in its own worker subprocess (``bench/worker.py``) so that CPU
 time and thread counts are those of that variant alone; the scripted Ollama-protocol server runs
@@ -14,6 +16,7 @@ in another subprocess (no shared GIL). Mellea 0.7.0 runs in its own venv (``--me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -30,8 +33,17 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import report  # noqa: E402
 from common import proc_cpu_seconds, system_busy_seconds  # noqa: E402
-from scenarios import RAW, VARIANTS, Scenario, aggregate, build, samples_from, verdict  # noqa: E402
+from scenarios import (  # noqa: E402
+    VARIANTS,
+    Scenario,
+    aggregate,
+    build,
+    judge,
+    samples_from,
+    verdict_word,
+)
 
 from mellea_actors.testing import ScriptedOllamaProcess  # noqa: E402
 
@@ -62,12 +74,13 @@ def machine_info() -> dict[str, Any]:
 
 def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
     """Wait (at most ``max_wait`` s) until the machine's other load is under ``threshold`` cores
-    for 0.5 s (the machine may be shared); returns the seconds waited."""
+    for a moment (0.5 s; 0.25 s when ``max_wait`` is short); returns the seconds waited."""
     t0 = time.perf_counter()
+    window = 0.25 if max_wait <= 1.0 else 0.5
     while True:
         busy0 = system_busy_seconds()
-        time.sleep(0.5)
-        load = (system_busy_seconds() - busy0) / 0.5
+        time.sleep(window)
+        load = (system_busy_seconds() - busy0) / window
         waited = time.perf_counter() - t0
         if load < threshold or waited >= max_wait:
             return waited
@@ -80,34 +93,43 @@ def python_for(variant: str, args: argparse.Namespace) -> str | None:
 
 
 def run_worker(
-    sc: Scenario, variant: str, python: str, server: ScriptedOllamaProcess, max_wait: float
+    sc: Scenario,
+    variant: str,
+    python: str,
+    server: ScriptedOllamaProcess | None,
+    max_wait: float,
+    size: int | None = None,
 ) -> dict[str, Any]:
     """One worker process; returns its samples, the server CPU it caused, or an error."""
     per_variant = sc.params.get("per_variant", {}).get(variant, {})
+    warmup, reps = sc.runs_for(size)
     params = {
         **{k: v for k, v in sc.params.items() if k != "per_variant"},
         **per_variant,
-        "scenario": sc.name,
+        **({} if size is None else {"n": size, "cap": size}),
+        "scenario": sc.worker or sc.name,
         "variant": variant,
-        "base_url": server.base_url,
-        "reps": sc.reps,
-        "warmup": sc.warmup,
+        "base_url": "" if server is None else server.base_url,
+        "reps": reps,
+        "warmup": warmup,
     }
-    server.reset()
+    if server is not None:
+        server.reset()  # records, queue, and the peak count of answers in progress
     waited = wait_for_quiet(max_wait) if max_wait > 0 else 0.0
-    if sc.stagger:
+    if sc.stagger and server is not None:
         n = params["n"]
         period = sc.script.delay
         server.enqueue(
             *(
                 dataclasses.replace(sc.script, first_delay=period * (k % n) / n)
-                for k in range(n * (sc.warmup + sc.reps))
+                for k in range(n * (warmup + reps))
             )
         )
+    server_pid = None if server is None else server.pid
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         p_path, r_path, log_path = (Path(tmp) / n for n in ("p.json", "r.json", "log.txt"))
         p_path.write_text(json.dumps(params))
-        srv0 = proc_cpu_seconds(server.pid)
+        srv0 = 0.0 if server_pid is None else proc_cpu_seconds(server_pid)
         busy0, own0 = system_busy_seconds(), time.process_time()
         kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
@@ -125,7 +147,7 @@ def run_worker(
             except subprocess.TimeoutExpired:
                 rc = f"timeout after {sc.timeout:.0f} s"
         elapsed = time.perf_counter() - t0
-        server_cpu = proc_cpu_seconds(server.pid) - srv0
+        server_cpu = 0.0 if server_pid is None else proc_cpu_seconds(server_pid) - srv0
         kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         worker_cpu = (kids1.ru_utime - kids0.ru_utime) + (kids1.ru_stime - kids0.ru_stime)
         ours = worker_cpu + server_cpu + time.process_time() - own0
@@ -147,8 +169,18 @@ def run_worker(
                 data["error"] + "\n--- worker output ---\n" + log_path.read_text()[-3000:]
             )
             return out
-    records = server.requests if sc.needs_records else []
-    out["samples"] = samples_from(sc, data["results"], records)
+    records = server.requests if sc.needs_records and server is not None else []
+    samples = samples_from(sc, data["results"], records)
+    worker_level: dict[str, Any] = {}
+    if server is not None:
+        # most generation answers in progress at once during this worker (server-side truth)
+        worker_level["peak_active"] = out["peak_active"] = server.peak_active()
+        sent = sum(r.tokens_sent for r in records)
+        if sent:
+            worker_level["server_us_per_chunk"] = server_cpu / sent * 1e6
+    if size is not None:
+        worker_level["size"] = size
+    out["samples"] = [{**s, **worker_level} for s in samples]
     return out
 
 
@@ -160,35 +192,34 @@ def run_scenario(sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
     skipped: dict[str, str] = {}
     server_cpu: dict[str, list[float]] = {v: [] for v in variants}
     foreign: dict[str, list[float]] = {v: [] for v in variants}
-    with ScriptedOllamaProcess(record_token_times=sc.record_token_times) as server:
-        server.set_script(sc.script)
+    sizes: list[int | None] = list(sc.sizes) or [None]
+    server_cm: contextlib.AbstractContextManager[ScriptedOllamaProcess | None] = (
+        ScriptedOllamaProcess(record_token_times=sc.record_token_times)
+        if sc.needs_server
+        else contextlib.nullcontext()
+    )
+    with server_cm as server:
+        if server is not None:
+            server.set_script(sc.script)
         for rnd in range(sc.rounds):
-            for variant in variants:
-                if rnd >= sc.max_rounds.get(variant, sc.rounds) or variant in errors | skipped:
-                    continue
-                python = python_for(variant, args)
-                if python is None:
-                    skipped[variant] = f"no Mellea 0.7.0 venv at {args.mellea_python}"
-                    continue
-                res = run_worker(sc, variant, python, server, args.quiet_wait)
-                if "error" in res:
-                    errors[variant] = res["error"]
-                    print(f"   {variant:14s} round {rnd + 1}: ERROR (see the report)", flush=True)
-                    continue
-                samples[variant].extend(res["samples"])
-                server_cpu[variant].append(res["server_cpu"])
-                foreign[variant].append(res["foreign_cores"])
-                print(
-                    f"   {variant:14s} round {rnd + 1}/{sc.rounds}: {res['elapsed']:.1f} s, "
-                    f"worker CPU {res['worker_cpu']:.1f} s, server CPU {res['server_cpu']:.1f} s, "
-                    f"other load {res['foreign_cores']:.2f} cores"
-                    + (
-                        f" (waited {res['waited_for_quiet']:.0f} s for quiet)"
-                        if res["waited_for_quiet"] >= 1
-                        else ""
-                    ),
-                    flush=True,
-                )
+            for size in sizes:
+                for variant in variants:
+                    if rnd >= sc.max_rounds.get(variant, sc.rounds) or variant in errors | skipped:
+                        continue
+                    python = python_for(variant, args)
+                    if python is None:
+                        skipped[variant] = f"no Mellea 0.7.0 venv at {args.mellea_python}"
+                        continue
+                    res = run_worker(sc, variant, python, server, args.quiet_wait, size)
+                    where = f"{variant:14s}" + ("" if size is None else f" {size:>6,} streams")
+                    if "error" in res:
+                        errors[variant] = res["error"]
+                        print(f"   {where} round {rnd + 1}: ERROR (see the report)", flush=True)
+                        continue
+                    samples[variant].extend(res["samples"])
+                    server_cpu[variant].append(res["server_cpu"])
+                    foreign[variant].append(res["foreign_cores"])
+                    print(f"   {where} round {rnd + 1}/{sc.rounds}: {_progress(res)}", flush=True)
     aggs = {v: aggregate(sc, s) for v, s in samples.items() if s}
     for v, cpu in server_cpu.items():
         if v in aggs and cpu:
@@ -198,69 +229,30 @@ def run_scenario(sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
         "name": sc.name,
         "title": sc.title,
         "target": sc.target,
-        "aggregates": aggs,
+        "reference": sc.reference,
         "samples": samples,
         "errors": errors,
         "skipped": skipped,
-        "verdicts": {v: verdict(sc, v, aggs) for v in aggs},
+        **_judged(sc, aggs),
     }
 
 
-# -- the table ---------------------------------------------------------------------------------
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def _fmt_ratio(value: float | None, best: float | None) -> str:
-    if value is None or not best:
-        return "-"
-    return f"{value / best:.2f}x"
-
-
-def print_table(report: dict[str, Any]) -> None:
-    head = ("variant", "wall (±noise)", "CPU (±noise)", "wall/raw", "CPU/raw", "load", "verdict")
-    widths = (14, 20, 20, 9, 8, 5, 7)
-    print()
-    for sc in report["scenarios"]:
-        aggs = sc["aggregates"]
-        best_wall = min((aggs[v]["wall"] for v in RAW if "wall" in aggs.get(v, {})), default=None)
-        best_cpu = min((aggs[v]["cpu"] for v in RAW if "cpu" in aggs.get(v, {})), default=None)
-        print(f"{sc['title']}   [target: {sc['target']}]")
-        print("  " + " ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " detail")
-        for variant in VARIANTS:
-            if variant in sc.get("skipped", {}):
-                print(f"  {variant:14s} skipped: {sc['skipped'][variant]}")
-                continue
-            if variant in sc["errors"]:
-                err = sc["errors"][variant].strip().splitlines()
-                print(f"  {variant:14s} ERROR: {err[-1] if err else '?'}")
-                continue
-            a = aggs.get(variant)
-            if not a:
-                continue
-            wall = f"{_fmt_time(a['wall'])} ±{a['wall_spread'] * 100:.0f}%" if "wall" in a else "-"
-            cpu = f"{_fmt_time(a['cpu'])} ±{a['cpu_spread'] * 100:.0f}%" if "cpu" in a else "-"
-            text, ok = sc["verdicts"].get(variant, ("", "-"))
-            load = a.get("foreign_cores_per_worker") or []
-            cells = (
-                variant,
-                wall,
-                cpu,
-                _fmt_ratio(a.get("wall"), best_wall),
-                _fmt_ratio(a.get("cpu"), best_cpu),
-                f"{max(load):.1f}" if load else "-",
-                ok,
-            )
-            line = "  " + " ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))
-            print(f"{line} {text}".rstrip())
-        print()
+def _progress(res: dict[str, Any]) -> str:
+    text = (
+        f"{res['elapsed']:.1f} s, worker CPU {res['worker_cpu']:.1f} s, "
+        f"server CPU {res['server_cpu']:.1f} s"
+    )
+    if "peak_active" in res:
+        text += f", peak in flight {res['peak_active']:,}"
+    text += f", other load {res['foreign_cores']:.2f} cores"
+    if res["waited_for_quiet"] >= 1:
+        text += f" (waited {res['waited_for_quiet']:.0f} s for quiet)"
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (< 1 min)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (~1.5 min)")
     parser.add_argument(
         "--only", action="append", default=[], metavar="NAME", help="run only this scenario"
     )
@@ -268,6 +260,29 @@ def main(argv: list[str] | None = None) -> int:
         "--skip", action="append", default=[], metavar="VARIANT", help="skip a variant"
     )
     parser.add_argument("--json", metavar="PATH", help="write every sample and figure here")
+    parser.add_argument(
+        "--readme",
+        metavar="PATH",
+        help="write the summary and scaling tables into this markdown file, between its "
+        "bench:results markers (make bench: bench/README.md)",
+    )
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="write the scaling plot (PNG, needs matplotlib) here (make bench: bench/scaling.png)",
+    )
+    parser.add_argument(
+        "--from-json",
+        metavar="PATH",
+        help="run nothing: print the tables of a report saved with --json (and write --readme, "
+        "--plot from it)",
+    )
+    parser.add_argument(
+        "--sizes",
+        metavar="N,N,...",
+        help="the scaling scenario's numbers of concurrent streams (default 10,100,1000,3000; "
+        "10,100,1000 with --quick)",
+    )
     parser.add_argument(
         "--strict", action="store_true", help="exit 1 if a mellea_actors target FAILs"
     )
@@ -281,21 +296,32 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="S",
         help="before each worker, wait up to S s for the machine's other load to drop under "
-        "0.3 cores (default 5 s, 2 s with --quick; 0 disables)",
+        "0.3 cores (default 5 s, 1 s with --quick; 0 disables)",
     )
     args = parser.parse_args(argv)
     if args.quiet_wait is None:
-        args.quiet_wait = 2.0 if args.quick else 5.0
+        args.quiet_wait = 1.0 if args.quick else 5.0
 
     scenarios = build(args.quick)
     names = [s.name for s in scenarios]
     unknown = [n for n in args.only if n not in names]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {names}")
+    unknown = [v for v in args.skip if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     selected = [s for s in scenarios if not args.only or s.name in args.only]
-    if args.rounds:
-        for sc in selected:
+    for sc in selected:
+        if args.rounds:
             sc.rounds = args.rounds
+        if args.sizes and sc.sizes:
+            try:
+                sc.sizes = tuple(int(x) for x in args.sizes.split(","))
+            except ValueError:
+                parser.error(f"--sizes wants numbers separated by commas, not {args.sizes!r}")
+
+    if args.from_json:
+        return print_and_write(load_report(Path(args.from_json)), args)
 
     info = machine_info()
     print(
@@ -304,28 +330,78 @@ def main(argv: list[str] | None = None) -> int:
         f"load average at start {' '.join(f'{x:.2f}' for x in info['loadavg_start'])}"
     )
     t0 = time.perf_counter()
-    report: dict[str, Any] = {"machine": info, "quick": args.quick, "scenarios": []}
+    rep: dict[str, Any] = {"machine": info, "quick": args.quick, "scenarios": []}
     for sc in selected:
-        report["scenarios"].append(run_scenario(sc, args))
+        rep["scenarios"].append(run_scenario(sc, args))
     info["loadavg_end"] = os.getloadavg()
     info["elapsed_s"] = round(time.perf_counter() - t0, 1)
-    print_table(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rep, indent=1, default=str))
+    return print_and_write(rep, args)
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """A report saved with ``--json``, its figures and verdicts computed again from its samples
+    (so that a change to how samples are reduced shows without running anything again)."""
+    rep: dict[str, Any] = json.loads(path.read_text())
+    scenarios = {sc.name: sc for sc in build(rep["quick"])}
+    for entry in rep["scenarios"]:
+        sc = scenarios[entry["name"]]
+        aggs = {v: aggregate(sc, s) for v, s in entry["samples"].items() if s}
+        for v, a in aggs.items():
+            for key in ("server_cpu_per_worker", "foreign_cores_per_worker"):
+                if key in entry["aggregates"].get(v, {}):
+                    a[key] = entry["aggregates"][v][key]
+        entry.update(_judged(sc, aggs))
+    return rep
+
+
+def _judged(sc: Scenario, aggs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The aggregates of a scenario with every variant's checks and verdict."""
+    judged = {v: judge(sc, v, aggs) for v in aggs}
+    return {
+        "aggregates": aggs,
+        "checks": {v: checks for v, (_, checks) in judged.items()},
+        "verdicts": {v: (text, verdict_word(checks)) for v, (text, checks) in judged.items()},
+    }
+
+
+def print_and_write(rep: dict[str, Any], args: argparse.Namespace) -> int:
+    """Print the tables; write the README section, the plot (and say where the JSON went)."""
+    info = rep["machine"]
+    print()
+    print(report.detail_table(rep))
     print(
         f"total {info['elapsed_s']} s; load average at end "
         f"{' '.join(f'{x:.2f}' for x in info['loadavg_end'])}; "
-        "noise = (max - min) / median over the repetitions; ratios are to the best raw variant; "
+        "noise = (max - min) / median over the repetitions; ratios are to the scenario's "
+        "reference (the floor for many_streams, the best raw variant elsewhere); "
         "load = the most CPU (cores) other processes used during that variant's runs"
     )
-    for sc in report["scenarios"]:
+    print("\nSide by side (verdict: mellea_actors):\n")
+    print(report.summary_table(rep, markdown=False))
+    scaling = report.scaling_table(rep, markdown=False)
+    if scaling is not None:
+        print("\nScaling:\n")
+        print(scaling)
+    warning = report.load_warning(rep)
+    if warning is not None:
+        print(f"\n{warning}")
+    for sc in rep["scenarios"]:
         for variant, err in sc["errors"].items():
             print(f"\n--- {sc['name']} / {variant} failed:\n{err}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+    plot = Path(args.plot) if args.plot else None
+    if plot is not None and report.write_plot(rep, plot):
+        print(f"\nwrote {plot}")
+    if args.readme:
+        report.write_readme(rep, Path(args.readme), plot)
+        print(f"wrote the tables into {args.readme}")
+    if args.json and not args.from_json:
         print(f"\nwrote {args.json}")
-    errors = any(sc["errors"] for sc in report["scenarios"])
+    errors = any(sc["errors"] for sc in rep["scenarios"])
     failed = any(
         ok == "FAIL"
-        for sc in report["scenarios"]
+        for sc in rep["scenarios"]
         for v, (_, ok) in sc["verdicts"].items()
         if v == "mellea_actors"
     )

@@ -2,8 +2,9 @@
 
 ``variant`` is ``"mellea_actors"`` (this project, run in ``.venv``) or ``"mellea"`` (Mellea 0.7.0,
 run in ``/tmp/mellea-venv``). The only differences are how the session is started (ours:
-``check=False``, ``max_in_flight``; Mellea's constructor checks the server itself) and how a thunk
-is cancelled (ours: ``await mot.cancel()``; Mellea: ``await mot.cancel_generation()``).
+``check=False``, otherwise **default settings**; Mellea's constructor checks the server
+itself) and how a thunk is cancelled (ours: ``await mot.cancel()``; Mellea:
+``await mot.cancel_generation()``).
 Lazy thunks come from ``ainstruct(..., strategy=None)``: Mellea 0.7.0's ``ainstruct`` otherwise
 runs its rejection-sampling strategy and returns a computed thunk (ours returns a lazy thunk
 whenever there are no requirements).
@@ -18,7 +19,16 @@ import logging
 import time
 from typing import Any
 
-from common import MODEL, Meter, proc_status, tag, token_index
+from common import (
+    MODEL,
+    Arrivals,
+    FirstText,
+    Meter,
+    proc_status,
+    stream_result,
+    tag,
+    token_index,
+)
 
 # when a validator decided "fail", per stream tag (module-level: validators may be deep copies)
 _FAIL_DECISIONS: dict[str, float] = {}
@@ -35,9 +45,8 @@ class Side:
         helpers = importlib.import_module(f"{self.pkg}.helpers.async_helpers")
         self.wait_for_all_mots = helpers.wait_for_all_mots
         if self.ours:
-            self.m = root.start_session(
-                model_id=MODEL, base_url=p["base_url"], check=False, max_in_flight=p["cap"]
-            )
+            # default settings (SPEC §8): no max_in_flight, no tuning
+            self.m = root.start_session(model_id=MODEL, base_url=p["base_url"], check=False)
         else:
             self.m = root.start_session(model_id=MODEL, base_url=p["base_url"])
             with contextlib.suppress(Exception):  # keep Mellea's INFO chatter out of the timing
@@ -111,6 +120,22 @@ async def long_stream(p: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(
                 {"wall": m.wall, "cpu": m.cpu, "chars": len(text), "ok": text == p["expect"]}
             )
+    side.close()
+    return out
+
+
+# -- 1b. time to first text --------------------------------------------------------------------
+async def first_text(p: dict[str, Any]) -> list[dict[str, Any]]:
+    """From the ``ainstruct`` call to the first non-empty ``astream()``; each then drained."""
+    side = Side(p)
+    out = []
+    for i, measured in _reps(p):
+        seen = FirstText()
+        mot = await side.lazy(f"first text {tag(f'f{i}')}", stream=True)
+        while not mot.is_computed():
+            seen.add(await mot.astream())
+        if measured:
+            out.append(seen.result(p["expect"]))
     side.close()
     return out
 
@@ -193,14 +218,11 @@ async def many_streams(p: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for i, measured in _reps(p):
 
-        async def consume(mot: Any) -> list[float | None]:
-            times: list[float | None] = [None] * tokens
+        async def consume(mot: Any) -> Arrivals:
+            arrivals = Arrivals(tokens)
             while not mot.is_computed():
-                text = await mot.astream()
-                now = time.monotonic()
-                for tok in text.split():
-                    times[token_index(tok)] = now
-            return times
+                arrivals.add(await mot.astream(), time.monotonic())
+            return arrivals
 
         with Meter() as m:
             tasks = []
@@ -209,13 +231,7 @@ async def many_streams(p: dict[str, Any]) -> list[dict[str, Any]]:
                 tasks.append(asyncio.create_task(consume(mot)))
             received = await asyncio.gather(*tasks)
         if measured:
-            out.append(
-                {
-                    "wall": m.wall,
-                    "cpu": m.cpu,
-                    "recv": {f"r{i}s{k}": t for k, t in enumerate(received)},
-                }
-            )
+            out.append(stream_result(m, i, received))
     side.close()
     return out
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -468,6 +470,75 @@ async def test_200_concurrent_streams_complete(server: ScriptedOllama) -> None:
     )
 
 
+async def test_peak_active_counts_the_answers_in_progress_at_once(
+    server: ScriptedOllama, aclient: ollama.AsyncClient
+) -> None:
+    assert server.peak_active() == 0 and server.active_generations == 0
+    server.enqueue(Script(status=503), Script(refuse=True))  # never an answer in progress
+    for _ in range(2):
+        with pytest.raises((ollama.ResponseError, httpx.TransportError, ConnectionError)):
+            await aclient.chat(model="scripted", messages=USER)
+    assert server.peak_active() == 0
+
+    server.set_script(Script.counting(5, stall_after=1))  # each answer stalls after one token
+    first_token = [asyncio.Event() for _ in range(4)]
+
+    async def reader(got_one: asyncio.Event) -> None:
+        async for _ in await aclient.chat(model="scripted", messages=USER, stream=True):
+            got_one.set()
+
+    tasks = [asyncio.create_task(reader(event)) for event in first_token]
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in first_token)), 10)
+    assert server.active_generations == 4 and server.peak_active() == 4
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    server.wait_for_requests(6, timeout=5, finished=True)  # finished: no longer in progress
+    assert server.active_generations == 0 and server.peak_active() == 4
+
+    server.reset_peak()
+    assert server.peak_active() == 0
+    server.enqueue(Script.counting(2))
+    assert _text(await _collect(aclient)) == "t0 t1 "
+    assert server.peak_active() == 1
+    server.reset()
+    assert server.peak_active() == 0 and server.requests == []
+
+
+async def test_paced_tokens_late_in_one_tick_go_out_in_one_write(server: ScriptedOllama) -> None:
+    """The pacer never sends early; when the loop was held up, the due tokens go out together
+    (each its own NDJSON line and chunk) and the pace resumes."""
+    server.set_script(Script.counting(6, delay=0.02))
+    loop_blocked = threading.Event()
+
+    def block_the_server_loop() -> None:
+        time.sleep(0.1)  # on the server's loop: tokens 1 … 5 come due meanwhile
+        loop_blocked.set()
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        body = json.dumps({"model": "scripted", "messages": USER}).encode()
+        sock.sendall(
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        server.wait_for_requests(1, timeout=5)
+        server._started().loop.call_soon_threadsafe(block_the_server_loop)
+        assert loop_blocked.wait(5)
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed early"
+            data += chunk
+    (record,) = server.wait_for_requests(1, timeout=5, finished=True)
+    assert record.outcome == "completed"
+    lines = [json.loads(line) for line in re.findall(rb"\{.*\}", data)]
+    assert "".join(p["message"]["content"] for p in lines[:-1]) == "t0 t1 t2 t3 t4 t5 "
+    times = record.token_times
+    for i, t in enumerate(times):
+        assert t >= times[0] + i * 0.02 - 0.002  # never early
+    assert len(set(times)) < len(times)  # some were sent together, after the hold-up
+
+
 # -- the subprocess and the command line ----------------------------------------------------------
 
 
@@ -486,6 +557,10 @@ async def test_subprocess_server_with_control_endpoints() -> None:
         records = await asyncio.to_thread(lambda: proc.requests)
         assert [r.outcome for r in records] == ["completed", "client_disconnected"]
         assert len(records[0].token_times) == 3
+        assert await asyncio.to_thread(proc.peak_active) == 1  # one after the other
+        assert await asyncio.to_thread(lambda: proc.active_generations) == 0
+        await asyncio.to_thread(proc.reset_peak)
+        assert await asyncio.to_thread(proc.peak_active) == 0
     finally:
         await asyncio.to_thread(proc.stop, 10.0)
     assert proc._proc is not None and proc._proc.returncode == 0

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import sys
 import threading
@@ -73,6 +74,15 @@ def _script_from(args: argparse.Namespace) -> Script:
     return script
 
 
+def _raise_open_files() -> None:
+    """One socket per connection: let the server hold as many as the hard limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < limit:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
 async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -105,6 +115,7 @@ async def _serve(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the server until told to stop; returns the exit status."""
     args = _parse_args(argv)
+    _raise_open_files()
     try:
         asyncio.run(_serve(args))
     except OSError as e:

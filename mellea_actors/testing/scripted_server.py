@@ -30,6 +30,17 @@ closing its connection is seen as EOF (or a reset) at once, even while the answe
 sleeping between tokens. The protocol callback stamps ``disconnected_at`` with ``time.monotonic()``
 and cancels the connection's handler task, which records ``outcome="client_disconnected"``.
 
+Pacing, and the answers in progress
+-----------------------------------
+Paced tokens (``Script.delay > 0``) are sent by one pacer (:class:`_Pacer`) from one timer per
+occupied millisecond, not by a sleep per token: a token goes out at the first tick at or after
+its due time (never early, at most 1 ms late), and tokens that came due together while the loop
+was held up go out in one write (each its own NDJSON line and chunk), so that thousands of
+streams at 20 tokens/s cost the server little more than its socket writes. The server counts
+the generation answers in progress (from the first byte of the answer until the record is
+finished) and keeps the most at once: :meth:`ScriptedOllama.peak_active`, reset by ``reset()``
+and ``reset_peak()``.
+
 Refusing connections (:meth:`ScriptedOllama.refuse_connections`)
 ----------------------------------------------------------------
 ``refuse_connections(None)`` closes the listening socket: the kernel answers every SYN with a reset,
@@ -47,10 +58,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import functools
 import http.client
 import json
+import math
 import os
 import selectors
 import socket
@@ -86,6 +99,7 @@ _T = TypeVar("_T")
 _MAX_HEAD = 64 * 1024
 _MAX_BODY = 64 * 1024 * 1024
 _YIELD_EVERY = 64  # unpaced streams yield to the loop every this many tokens (fairness)
+_PACE_TICK = 0.001  # the paced tokens' timer resolution (seconds; see _Pacer)
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -129,6 +143,18 @@ def _created_at(now: float) -> bytes:
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
         _second_cache = (sec, prefix)
     return b"%s.%09dZ" % (prefix, int((now - sec) * 1e9))
+
+
+_date_cache: tuple[int, str] = (-1, "")
+
+
+def _http_date() -> str:
+    """The ``Date`` header (formatted once a second: thousands of answers may start at once)."""
+    global _date_cache
+    sec = int(time.time())
+    if _date_cache[0] != sec:
+        _date_cache = (sec, email.utils.formatdate(sec, usegmt=True))
+    return _date_cache[1]
 
 
 @functools.lru_cache(maxsize=128)
@@ -188,6 +214,7 @@ class _Live:
     """
 
     __slots__ = (
+        "answering",
         "body",
         "connection",
         "disconnected_at",
@@ -244,6 +271,7 @@ class _Live:
         self.finished_at: float | None = None
         self.status: int | None = None
         self.outcome: Outcome | None = None
+        self.answering = False  # counted in _ServerCore.active
 
     def snapshot(self) -> RequestRecord:
         return RequestRecord(
@@ -508,7 +536,7 @@ class _Connection(asyncio.Protocol):
         head = (
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
             f"Content-Type: {content_type}\r\n"
-            f"Date: {email.utils.formatdate(usegmt=True)}\r\n"
+            f"Date: {_http_date()}\r\n"
             f"Content-Length: {len(body)}\r\n"
             + ("" if keep_alive else "Connection: close\r\n")
             + "\r\n"
@@ -518,13 +546,132 @@ class _Connection(asyncio.Protocol):
     def start_stream(self) -> None:
         self.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nDate: "
-            + email.utils.formatdate(usegmt=True).encode()
+            + _http_date().encode()
             + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
 
     def send_chunk(self, line: bytes, *, last: bool = False) -> None:
         """One chunk of a chunked body; ``last`` appends the terminating zero-size chunk."""
         self.write(b"%x\r\n%s\r\n%s" % (len(line), line, b"0\r\n\r\n" if last else b""))
+
+
+class _TokenSender:
+    """Sends token ``i`` of one answer (and records it). Loop thread only."""
+
+    __slots__ = ("conn", "live", "middle", "prefix", "record_times", "stream", "suffix", "tokens")
+
+    def __init__(
+        self,
+        conn: _Connection,
+        live: _Live,
+        tokens: tuple[bytes, ...],
+        model_json: bytes,
+        chat: bool,
+        stream: bool,
+        core: _ServerCore,
+    ) -> None:
+        self.conn = conn
+        self.live = live
+        self.tokens = tokens
+        self.stream = stream
+        self.record_times = core.record_token_times
+        self.prefix = b'{"model":' + model_json + b',"created_at":"'
+        if chat:
+            self.middle = b'","message":{"role":"assistant","content":'
+            self.suffix = b'},"done":false}\n'
+        else:
+            self.middle = b'","response":'
+            self.suffix = b',"done":false}\n'
+
+    def send(self, i: int, j: int | None = None) -> None:
+        """Send tokens ``i`` … ``j - 1`` (default: token ``i`` alone) in one write, each its own
+        NDJSON line in its own chunk, as Ollama frames them."""
+        j = i + 1 if j is None else j
+        live = self.live
+        if self.stream:
+            created = _created_at(time.time())
+            frames = []
+            for k in range(i, j):
+                line = self.prefix + created + self.middle + self.tokens[k] + self.suffix
+                frames.append(b"%x\r\n%s\r\n" % (len(line), line))
+            sent_at = time.monotonic()
+            self.conn.write(frames[0] if j == i + 1 else b"".join(frames))
+        else:
+            sent_at = time.monotonic()
+        if i == 0:
+            live.first_token_at = sent_at
+        if self.record_times:
+            live.token_times.extend([sent_at] * (j - i))
+        live.tokens_sent = j
+
+
+@dataclasses.dataclass(slots=True)
+class _PacedRun:
+    """Tokens ``i`` … ``stop - 1`` of one answer, token ``k`` due at ``base + k * delay``."""
+
+    sender: _TokenSender
+    i: int
+    stop: int
+    base: float
+    delay: float
+    done: asyncio.Future[None]
+
+
+class _Pacer:
+    """Sends the paced tokens of every answer from shared timers (loop thread only).
+
+    One timer per occupied millisecond instead of a task wake-up per token: with thousands of
+    streams at 20 tokens/s each, a per-token ``asyncio.sleep`` would cost the server more than the
+    socket write. A token goes out in the first timer tick at or after its due time (never early,
+    at most ``_PACE_TICK`` late); its send time is recorded as it is written.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ticks: dict[int, list[_PacedRun]] = {}
+
+    async def send(self, sender: _TokenSender, i: int, stop: int, base: float, delay: float) -> int:
+        """Send tokens ``i`` … ``stop - 1`` on their schedule; the next index to send.
+
+        Returns early (with the next unsent index) when the connection is lost or its write
+        buffer is full, so that the caller deals with it.
+        """
+        run = _PacedRun(sender, i, stop, base, delay, self.loop.create_future())
+        self._step(run, self.loop.time())
+        if not run.done.done():
+            await run.done
+        return run.i
+
+    def _add(self, run: _PacedRun, due: float) -> None:
+        tick = math.ceil(due / _PACE_TICK)
+        runs = self.ticks.get(tick)
+        if runs is None:
+            self.ticks[tick] = [run]
+            self.loop.call_at(tick * _PACE_TICK, self._fire, tick)
+        else:
+            runs.append(run)
+
+    def _fire(self, tick: int) -> None:
+        now = self.loop.time()
+        for run in self.ticks.pop(tick, ()):
+            self._step(run, now)
+
+    def _step(self, run: _PacedRun, now: float) -> None:
+        if run.done.done():  # the answering task was cancelled (disconnect, shutdown)
+            return
+        sender, conn = run.sender, run.sender.conn
+        i, stop, base, delay = run.i, run.stop, run.base, run.delay
+        due = i
+        while due < stop and base + due * delay <= now + 1e-6:
+            due += 1
+        if due > i and not (conn.lost or conn._paused):
+            sender.send(i, due)  # several when the loop was late: one write catches up
+            i = due
+        run.i = i
+        if i >= stop or conn.lost or conn._paused:
+            run.done.set_result(None)
+        else:
+            self._add(run, base + i * delay)
 
 
 class _ServerCore:
@@ -561,6 +708,11 @@ class _ServerCore:
         self.refused_connections = 0
         self.connections_accepted = 0
         self.loaded: dict[str, float] = {}
+        self.pacer = _Pacer(loop)
+        # generation requests whose answer has started and not finished (``_Live.answering``),
+        # and the most at once since the last reset (guarded by ``cond``)
+        self.active = 0
+        self.peak = 0
 
     # -- listening ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -625,12 +777,27 @@ class _ServerCore:
 
     def finish(self, live: _Live, outcome: Outcome, status: int | None = None) -> None:
         with self.cond:
+            self._end_answer(live)
             if live.outcome is None:
                 live.outcome = outcome
                 live.finished_at = time.monotonic()
                 if status is not None:
                     live.status = status
             self.cond.notify_all()
+
+    def reset(self, *, records: bool = True) -> None:
+        """Forget the records and queued scripts (unless ``records`` is false) and the peak."""
+        with self.cond:
+            if records:
+                self.records.clear()
+                self.others.clear()
+                self.queue.clear()
+            self.peak = self.active
+
+    def activity(self) -> dict[str, int]:
+        """``{"active": n, "peak": p}``: answers in progress now, and the most at once."""
+        with self.cond:
+            return {"active": self.active, "peak": self.peak}
 
     def choose_script(self, live: _Live) -> Script:
         with self.cond:
@@ -751,12 +918,6 @@ class _ServerCore:
     async def _generate(self, conn: _Connection, live: _Live, request: _Request) -> bool:
         script = self.choose_script(live)
         live.script = script
-        loop = self.loop
-        start = loop.time()
-        chat = request.path == "/api/chat"
-        stream = live.stream
-        model = live.model or ""
-
         if script.status != 200:
             message = script.error_message or _REASONS.get(script.status, "scripted error")
             return self._json(conn, live, script.status, {"error": message})
@@ -765,7 +926,28 @@ class _ServerCore:
             if conn.transport is not None:
                 conn.transport.abort()
             return False
+        with self.cond:  # the answer has started (see peak_active); finish() ends it
+            live.answering = True
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            return await self._answer(conn, live, script, request.path == "/api/chat")
+        finally:
+            with self.cond:  # every path finishes the record; this is only a safety net
+                self._end_answer(live)
 
+    def _end_answer(self, live: _Live) -> None:
+        """Under ``cond``: ``live``'s answer is no longer in progress."""
+        if live.answering:
+            live.answering = False
+            self.active -= 1
+
+    async def _answer(self, conn: _Connection, live: _Live, script: Script, chat: bool) -> bool:
+        """Send the tokens of ``script`` (faults included) and the final object."""
+        loop = self.loop
+        start = loop.time()
+        stream = live.stream
+        model = live.model or ""
         tokens = _encoded_tokens(tuple(script.tokens))
         n = len(tokens)
         stall_at = min(script.stall_after, n) if script.stall_after is not None else -1
@@ -773,17 +955,7 @@ class _ServerCore:
         drop_at = min(script.drop_after, n) if script.drop_after is not None else -1
         paced = script.delay > 0 or script.first_delay > 0
         base = start + script.first_delay
-        record_times = self.record_token_times
-        token_times = live.token_times
-        model_json = _dumps(model)
-        if chat:
-            prefix = b'{"model":' + model_json + b',"created_at":"'
-            middle = b'","message":{"role":"assistant","content":'
-            suffix = b'},"done":false}\n'
-        else:
-            prefix = b'{"model":' + model_json + b',"created_at":"'
-            middle = b'","response":'
-            suffix = b',"done":false}\n'
+        sender = _TokenSender(conn, live, tokens, _dumps(model), chat, stream, self)
         if stream:
             conn.start_stream()
         i = 0
@@ -813,28 +985,25 @@ class _ServerCore:
                 return False
             if i >= n:
                 break
-            wait = base + i * script.delay - loop.time() if paced else 0.0
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif i % _YIELD_EVERY == _YIELD_EVERY - 1:
-                await asyncio.sleep(0)
             if conn._paused:
                 await conn.drain()
             if conn.lost:
                 self.finish(live, "client_disconnected")
                 return False
-            if stream:
-                line = prefix + _created_at(time.time()) + middle + tokens[i] + suffix
-                sent_at = time.monotonic()
-                conn.send_chunk(line)
-            else:
-                sent_at = time.monotonic()
-            if i == 0:
-                live.first_token_at = sent_at
-            if record_times:
-                token_times.append(sent_at)
+            if script.delay > 0:
+                # paced: the tokens up to the next fault go out from the shared pacer's timers
+                stop = min([k for k in (stall_at, error_at, drop_at) if k > i] or [n])
+                i = await self.pacer.send(sender, i, stop, base, script.delay)
+                continue
+            wait = base - loop.time() if paced else 0.0
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif i % _YIELD_EVERY == _YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+            if conn._paused or conn.lost:
+                continue  # drain or give up above
+            sender.send(i)
             i += 1
-            live.tokens_sent = i
 
         now = time.monotonic()
         first = live.first_token_at if live.first_token_at is not None else now
@@ -871,7 +1040,9 @@ class _ServerCore:
         * ``GET /_scripted/requests[?others=1]`` → ``{"requests": [record, ...]}``
         * ``POST /_scripted/enqueue`` ``{"scripts": [script, ...]}``
         * ``POST /_scripted/default`` ``{"script": script}``
-        * ``POST /_scripted/reset`` clears records and queue
+        * ``POST /_scripted/reset`` clears records, queue and the peak count
+        * ``POST /_scripted/reset_peak`` resets the peak count only
+        * ``GET /_scripted/active`` → ``{"active": n, "peak": p}`` (see ``peak_active``)
         * ``GET /_scripted/wait?n=N&timeout=S[&finished=1]`` → records once ``N`` generation
           requests arrived (or finished); 504 on timeout
         * ``GET /_scripted/wait_disconnect?index=I&timeout=S`` → the record once its disconnect was
@@ -896,12 +1067,11 @@ class _ServerCore:
                 with self.cond:
                     self.default = script
                 conn.send_response(200, b"{}")
-            elif action == "reset":
-                with self.cond:
-                    self.records.clear()
-                    self.others.clear()
-                    self.queue.clear()
+            elif action in ("reset", "reset_peak"):
+                self.reset(records=action == "reset")
                 conn.send_response(200, b"{}")
+            elif action == "active":
+                conn.send_response(200, _dumps(self.activity()))
             elif action in ("wait", "wait_disconnect"):
                 deadline = self.loop.time() + float(q.get("timeout", "5"))
                 while True:
@@ -1098,12 +1268,26 @@ class ScriptedOllama:
             core.default = script
 
     def reset(self) -> None:
-        """Forget all records and queued scripts."""
-        core = self._started()
-        with core.cond:
-            core.records.clear()
-            core.others.clear()
-            core.queue.clear()
+        """Forget all records and queued scripts; reset the peak count (see ``peak_active``)."""
+        self._started().reset()
+
+    def peak_active(self) -> int:
+        """The most generation answers in progress at once since the start or the last reset.
+
+        An answer is in progress from its first byte (status line; for a scripted HTTP error or
+        a refusal it never is) until the server is done with it (completed, failed, dropped,
+        client gone). ``n`` concurrent requests with nothing queued in the client give ``n``.
+        """
+        return self._started().activity()["peak"]
+
+    @property
+    def active_generations(self) -> int:
+        """Generation answers in progress now."""
+        return self._started().activity()["active"]
+
+    def reset_peak(self) -> None:
+        """Start counting the peak again from the answers in progress now."""
+        self._started().reset(records=False)
 
     def refuse_connections(self, n: int | None = None, timeout: float = 5.0) -> None:
         """Refuse connections (see the module docstring for what the client sees).
@@ -1311,8 +1495,21 @@ class ScriptedOllamaProcess:
         self._control("POST", "default", {"script": script.to_json()})
 
     def reset(self) -> None:
-        """Forget all records and queued scripts."""
+        """Forget all records and queued scripts; reset the peak count."""
         self._control("POST", "reset", {})
+
+    def peak_active(self) -> int:
+        """Like :meth:`ScriptedOllama.peak_active`."""
+        return int(self._control("GET", "active")["peak"])
+
+    @property
+    def active_generations(self) -> int:
+        """Like :attr:`ScriptedOllama.active_generations`."""
+        return int(self._control("GET", "active")["active"])
+
+    def reset_peak(self) -> None:
+        """Like :meth:`ScriptedOllama.reset_peak`."""
+        self._control("POST", "reset_peak", {})
 
     @property
     def requests(self) -> list[RequestRecord]:

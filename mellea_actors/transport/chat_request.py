@@ -10,9 +10,8 @@ model, at a tenth of a model's memory (every pending generation holds one).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
-
 from dataclasses import field
+from typing import Any, Literal
 
 from pydantic import ConfigDict
 from pydantic.dataclasses import dataclass
