@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -11,8 +12,8 @@ from typing import Any
 import pykka
 import pytest
 
-from mellea_actors.errors import AskTimeoutError
-from mellea_actors.runtime.crossing import Waker
+from mellea_actors.errors import AskTimeoutError, InvalidInputError
+from mellea_actors.runtime.crossing import SWITCH_INTERVAL, SWITCH_INTERVAL_ENV, Waker
 from mellea_actors.runtime.loop import ActorLoop, LoopActor, ask_async, tell_here
 
 
@@ -211,3 +212,41 @@ async def test_wakes_from_the_loop_are_batched_and_none_is_lost(actor_loop: Acto
     async with asyncio.timeout(5.0):
         await last.wait()
     assert other.stop(5.0)
+
+
+def _loop_life(name: str) -> float:
+    """The switch interval while a fresh ActorLoop runs (it is stopped before returning)."""
+    loop = ActorLoop(name).start()
+    try:
+        return sys.getswitchinterval()
+    finally:
+        assert loop.stop(5.0)
+
+
+def test_the_switch_interval_is_lowered_while_a_runtime_loop_lives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The GIL hand-over between the runtime's thread and the caller's set the p99 delay of
+    1,000 streams (crossing.py); the runtime lowers the interval only if the app did not set
+    one, and restores it when its last loop ends."""
+    monkeypatch.delenv(SWITCH_INTERVAL_ENV, raising=False)
+    before = sys.getswitchinterval()
+    assert before == 0.005  # the interpreter's default, as the suite runs
+    assert _loop_life("mellea-actors-switch-1") == SWITCH_INTERVAL
+    assert sys.getswitchinterval() == before  # restored
+
+    monkeypatch.setenv(SWITCH_INTERVAL_ENV, "off")
+    assert _loop_life("mellea-actors-switch-2") == before
+    monkeypatch.setenv(SWITCH_INTERVAL_ENV, "0.002")
+    assert _loop_life("mellea-actors-switch-3") == 0.002
+    assert sys.getswitchinterval() == before
+    monkeypatch.setenv(SWITCH_INTERVAL_ENV, "fast")
+    with pytest.raises(InvalidInputError, match=SWITCH_INTERVAL_ENV):
+        ActorLoop("mellea-actors-switch-4").start()
+
+    monkeypatch.delenv(SWITCH_INTERVAL_ENV)
+    sys.setswitchinterval(0.01)  # the application chose its own: left alone
+    try:
+        assert _loop_life("mellea-actors-switch-5") == 0.01
+    finally:
+        sys.setswitchinterval(before)

@@ -60,7 +60,15 @@ from mellea_actors._compat import (
     handle_receive,
 )
 from mellea_actors.errors import AskTimeoutError, RuntimeClosedError
-from mellea_actors.runtime.crossing import Waker, flush_wakes, hop, in_thread, run_coroutine
+from mellea_actors.runtime.crossing import (
+    Waker,
+    flush_wakes,
+    hold_switch_interval,
+    hop,
+    in_thread,
+    release_switch_interval,
+    run_coroutine,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -105,7 +113,12 @@ class ActorLoop:
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> ActorLoop:
         """Start the thread; returns once the loop runs (raises AskTimeoutError after timeout)."""
-        self._thread.start()
+        hold_switch_interval()  # released when the thread ends (crossing.py says why)
+        try:
+            self._thread.start()
+        except BaseException:
+            release_switch_interval()
+            raise
         if not self._ready.wait(timeout):
             raise AskTimeoutError(f"actor loop {self.name!r} did not start within {timeout} s")
         return self
@@ -144,6 +157,7 @@ class ActorLoop:
                 self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             flush_wakes()  # readers on other loops woken by the last callbacks
             self._loop.close()
+            release_switch_interval()
 
     def abandon(self, reason: str) -> None:
         """Mark the loop closed without stopping it: in a forked child, whose copy of the loop
