@@ -250,3 +250,36 @@ def test_the_switch_interval_is_lowered_while_a_runtime_loop_lives(
         assert _loop_life("mellea-actors-switch-5") == 0.01
     finally:
         sys.setswitchinterval(before)
+
+
+class _Reentrant(LoopActor):
+    """Tells itself with tell_here from inside its own handler."""
+
+    def __init__(self, actor_loop: ActorLoop) -> None:
+        super().__init__(actor_loop)
+        self.depth = 0
+        self.deepest = 0
+        self.order: list[str] = []
+
+    def on_receive(self, message: Any) -> Any:
+        self.depth += 1
+        self.deepest = max(self.deepest, self.depth)
+        try:
+            if message == "outer":
+                tell_here(self.actor_ref, "inner")  # must be queued, not nested
+            self.order.append(message)
+        finally:
+            self.depth -= 1
+        return message
+
+
+def test_tell_here_never_nests_handlers_of_one_actor(actor_loop: ActorLoop) -> None:
+    ref = _Reentrant.start(actor_loop)
+    done = threading.Event()
+    actor_loop.call_soon(lambda: (tell_here(ref, "outer"), done.set()))
+    assert done.wait(5.0)
+    assert ref.ask("sync", timeout=5.0) == "sync"
+    actor = ref.actor_inbox._actor  # type: ignore[attr-defined]
+    assert actor.order == ["outer", "inner", "sync"]
+    assert actor.deepest == 1
+    ref.stop()

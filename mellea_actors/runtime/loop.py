@@ -20,9 +20,10 @@ Invariants (the whole engine relies on them):
   actors (pykka's ``ThreadingActor`` would stop every actor in the process).
 * A message that reaches a stopped actor is answered with ``pykka.ActorDeadError``, never dropped,
   so an ``ask`` racing ``stop()`` cannot hang.
-* The same-loop fast path (:func:`tell_here`): a sender that runs on the actor's own loop thread,
-  outside that actor's handlers (the generator handing over the deltas of one network read),
-  may have its ``tell`` handled at once instead of queued. The handler still runs on the loop
+* The same-loop fast path (:func:`tell_here`): a sender that runs on the actor's own loop thread
+  (the generator handing over the deltas of one network read, a stream actor cancelling its
+  generation) has its ``tell`` handled at once instead of queued, unless that actor is already
+  handling a message up the stack (then it is queued: handlers never nest within one actor). The handler still runs on the loop
   thread, alone; messages from that sender stay in order as long as it sends them all this way
   until its last one.
 * Blocking on a pykka future from an ActorLoop thread raises instead of deadlocking. From an
@@ -402,13 +403,14 @@ class _StoppedFlag:
 
 def tell_here(ref: pykka.ActorRef[Any], message: Any) -> None:
     """``ref.tell(message)``, handled at once when the caller runs on the actor's loop thread
-    (never call it from that actor's own handlers); queued as usual from anywhere else.
+    and the actor is not handling a message right now (a handler of its own, up the stack);
+    queued as usual otherwise.
 
     Raises ``pykka.ActorDeadError`` like ``tell`` when the actor is gone."""
     inbox = ref.actor_inbox
     actor = inbox._actor if inbox.__class__ is _LoopInbox else None
-    if actor is None or current_actor_loop() is not actor.actor_loop:
-        ref.tell(message)
+    if actor is None or actor._handling or current_actor_loop() is not actor.actor_loop:
+        ref.tell(message)  # elsewhere, or from inside this actor's own handler: queued
     elif actor.actor_stopped._set:  # type: ignore[attr-defined]
         raise ActorDeadError(f"{actor} is stopped")
     else:
@@ -461,6 +463,7 @@ class LoopActor(pykka.Actor):
         inbox = _LoopInbox()
         self.actor_inbox = inbox
         self.actor_stopped = _StoppedFlag()  # type: ignore[assignment]
+        self._handling = False  # a handler of this actor runs (loop thread only)
         self._actor_ref = pykka.ActorRef(self)
         self.actor_loop = actor_loop
         inbox._actor = self
@@ -510,6 +513,7 @@ class LoopActor(pykka.Actor):
                         (ActorDeadError, ActorDeadError(f"{self} stopped before handling it"), None)
                     )
             return
+        self._handling = True
         try:
             response = handle_receive(self, envelope.message)
         except BaseException as exc:
@@ -521,6 +525,8 @@ class LoopActor(pykka.Actor):
             else:
                 self._crash(sys.exc_info())  # type: ignore[arg-type]
             return
+        finally:
+            self._handling = False
         if reply_to is None:
             if asyncio.iscoroutine(response):
                 self._spawn(response, None)
@@ -536,11 +542,14 @@ class LoopActor(pykka.Actor):
         """Handle a tell now (see :func:`tell_here`): the same as its delivery through the
         mailbox — a handler exception crashes the actor — without pykka's dispatch of proxy
         and stop messages, which a tell from the runtime never is."""
+        self._handling = True
         try:
             response = self.on_receive(message)
         except BaseException:
             self._crash(sys.exc_info())  # type: ignore[arg-type]
             return
+        finally:
+            self._handling = False
         if response is not None and asyncio.iscoroutine(response):
             self._spawn(response, None)
 

@@ -213,9 +213,10 @@ class ActorSystem:
             _started_in_scope.reset(token)
 
     def cancel(self, request_id: str, reason: str = "cancelled by the user") -> None:
-        """Ask the supervisor to cancel one generation (thread-safe, returns at once)."""
+        """Ask the supervisor to cancel one generation (thread-safe, returns at once; from the
+        runtime's loop, e.g. a stream actor's "fail", it is handled at once)."""
         with contextlib.suppress(pykka.ActorDeadError):
-            self.supervisor.tell(CancelGeneration(request_id, reason))
+            tell_here(self.supervisor, CancelGeneration(request_id, reason))
 
     @property
     def supervisor_id(self) -> str:
