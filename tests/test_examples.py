@@ -70,3 +70,24 @@ def test_demo(ollama_url: str) -> None:
     assert "--- validated stream (at most 2 sentences) ---" in out
     assert "completed=" in out
     assert "generation_completed" in out
+
+
+# -- Mellea 0.8.0's streaming samples (its docs/examples/streaming), import renamed ---------------
+def test_mellea08_validated_streaming_sample(ollama_url: str) -> None:
+    out = run_example("mellea08_validated_streaming.py", ollama_url).stdout
+    assert out.startswith("Stream events as they arrive:\n")
+    assert "  COMPLETED: success=" in out  # the EventStreamer's last event
+    assert "\nCompleted normally: " in out and "\nFull text: " in out
+
+
+def test_mellea08_per_requirement_chunking_sample(ollama_url: str) -> None:
+    out = run_example("mellea08_per_requirement_chunking.py", ollama_url).stdout
+    assert "  DELTA[0]: " in out  # chunking=None: raw deltas
+    assert "  COMPLETED: success=" in out and "\nCompleted normally: " in out
+
+
+def test_mellea08_stream_chunks_sample(ollama_url: str) -> None:
+    out = run_example("mellea08_stream_chunks.py", ollama_url).stdout
+    assert "  SENTENCE: " in out or "Stopped early: " in out
+    assert ("\nCompleted normally: " in out) != ("Stopped early: " in out)
+    assert "\nFull text: " in out

@@ -69,12 +69,7 @@ SPEC_ROWS: list[tuple[str, str]] = [
         ("mellea_actors.stdlib.requirements", n)
         for n in ("req", "check", "simple_validate", "reqify")
     ],
-]
-
-#: SPEC §1 rows of the Mellea 0.8 face (and ``stdlib.requirements``) that do not exist yet.
-#: Checked one by one when this file was written; move a row up to SPEC_ROWS once it exists.
-NOT_YET = "SPEC §1 row not implemented yet (Mellea 0.8 face)"
-PENDING_ROWS: list[tuple[str, str]] = [
+    # the Mellea 0.8 face, same engine
     *[("mellea_actors.stdlib.streaming", n) for n in ("stream", "Streamer", "EventStreamer")],
     *[
         ("mellea_actors.core.chunking", n)
@@ -87,11 +82,11 @@ PENDING_ROWS: list[tuple[str, str]] = [
             "resolve_chunking_strategy",
         )
     ],
-    *[
-        ("mellea_actors.core.requirement", n)
-        for n in ("PartialValidationSummary", "_stream_validate", "stream_flush")
-    ],
+    ("mellea_actors.core.requirement", "PartialValidationSummary"),
 ]
+
+#: ``Requirement`` members SPEC §1 names for the Mellea 0.8 face (not module-level names).
+REQUIREMENT_MEMBERS = ["_stream_validate", "stream_flush", "stream_validate", "chunking"]
 
 # -- the README -----------------------------------------------------------------------------------
 README_ROWS: list[tuple[str, str]] = [
@@ -171,6 +166,15 @@ SAME_OBJECT: list[tuple[tuple[str, str], tuple[str, str]]] = [
     *[
         (("mellea_actors.stdlib.streaming", n), ("mellea_actors.stdlib.chunking", n))
         for n in ("ChunkingStrategy", "SentenceChunker", "WordChunker", "ParagraphChunker")
+    ],
+    # Mellea 0.8's core.chunking serves the 0.7 objects (one implementation)
+    (
+        ("mellea_actors.core.chunking", "ChunkingStrategy"),
+        ("mellea_actors.stdlib.chunking", "ChunkingStrategy"),
+    ),
+    *[
+        (("mellea_actors.core.chunking", f"{n}ing"), ("mellea_actors.stdlib.chunking", f"{n}er"))
+        for n in ("SentenceChunk", "WordChunk", "ParagraphChunk")
     ],
     *[
         (("mellea_actors.stdlib.streaming", n), ("mellea_actors.stdlib.stream_events", n))
@@ -263,13 +267,11 @@ def test_spec_import_path(path: str, name: str) -> None:
     assert resolve(path, name) is not None
 
 
-@pytest.mark.parametrize(
-    ("path", "name"),
-    [pytest.param(p, n, marks=pytest.mark.skip(reason=NOT_YET)) for p, n in PENDING_ROWS],
-    ids=ids(PENDING_ROWS),
-)
-def test_spec_import_path_not_implemented_yet(path: str, name: str) -> None:
-    assert resolve(path, name) is not None
+@pytest.mark.parametrize("member", REQUIREMENT_MEMBERS)
+def test_requirement_members_of_the_08_face(member: str) -> None:
+    requirement = resolve("mellea_actors.core.requirement", "Requirement")
+    assert hasattr(requirement, member), f"Requirement has no {member!r}"
+    assert hasattr(requirement("x", chunking="sentence"), member)
 
 
 @pytest.mark.parametrize(("path", "name"), README_ROWS, ids=ids(README_ROWS))

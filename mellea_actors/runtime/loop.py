@@ -23,9 +23,9 @@ Invariants (the whole engine relies on them):
 * The same-loop fast path (:func:`tell_here`): a sender that runs on the actor's own loop thread
   (the generator handing over the deltas of one network read, a stream actor cancelling its
   generation) has its ``tell`` handled at once instead of queued, unless that actor is already
-  handling a message up the stack (then it is queued: handlers never nest within one actor). The handler still runs on the loop
-  thread, alone; messages from that sender stay in order as long as it sends them all this way
-  until its last one.
+  handling a message up the stack (then it is queued: handlers never nest within one actor).
+  The handler still runs on the loop thread, alone; messages from that sender stay in order as
+  long as it sends them all this way until its last one.
 * Blocking on a pykka future from an ActorLoop thread raises instead of deadlocking. From an
   event loop, ``await future`` never blocks: the reply is handed over by a
   :class:`~mellea_actors.runtime.crossing.Waker` (every thread crossing lives in
