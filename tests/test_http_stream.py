@@ -128,3 +128,22 @@ def test_an_answer_that_is_not_http_is_a_protocol_mismatch() -> None:
     finally:
         thread.join(WAIT)
         listener.close()
+
+
+async def test_a_full_host_is_not_hammered_with_retries(scripted: ScriptedOllama) -> None:
+    """Regression: with no client-side cap, every request beyond what the host takes got a 503
+    and was sent again after each backoff (hundreds of 503s here). The transport learns the
+    host's limit from its first 503s; the rest wait for a place, in order (admission.py)."""
+    scripted.set_max_active(5)
+    scripted.set_script(Script(tokens=("a ", "b "), delay=0.02))
+    n = 60
+    policy = RestartPolicy(backoff_initial=0.01, backoff_max=0.05)
+    with start_session(
+        model_id=SCRIPTED_MODEL, base_url=scripted.base_url, check=False, restart_policy=policy
+    ) as m:
+        mots = [await m.ainstruct(f"q{k}", model_options=STREAM) for k in range(n)]
+        async with asyncio.timeout(WAIT):
+            values = await asyncio.gather(*(mot.avalue() for mot in mots))
+    assert values == ["a b "] * n
+    assert scripted.peak_active() <= 5
+    assert scripted.busy_answers < 1.5 * n  # about one per request of the first burst

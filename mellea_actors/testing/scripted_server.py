@@ -88,6 +88,9 @@ __all__ = [
     "ScriptedOllamaProcess",
 ]
 
+_BUSY = "server busy, please try again.  maximum pending requests exceeded"
+"""What Ollama says with its 503 when its queue is full."""
+
 #: The version the server claims in ``GET /api/version``.
 OLLAMA_VERSION = "0.5.4"
 
@@ -713,6 +716,10 @@ class _ServerCore:
         # and the most at once since the last reset (guarded by ``cond``)
         self.active = 0
         self.peak = 0
+        # like Ollama's full queue (OLLAMA_MAX_QUEUE): beyond this many answers in progress a
+        # generation request gets 503 "server busy" (None: no limit; guarded by ``cond``)
+        self.max_active: int | None = None
+        self.busy_answers = 0
 
     # -- listening ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -926,6 +933,12 @@ class _ServerCore:
             if conn.transport is not None:
                 conn.transport.abort()
             return False
+        with self.cond:
+            busy = self.max_active is not None and self.active >= self.max_active
+            if busy:
+                self.busy_answers += 1
+        if busy:
+            return self._json(conn, live, 503, {"error": _BUSY})
         with self.cond:  # the answer has started (see peak_active); finish() ends it
             live.answering = True
             self.active += 1
@@ -1260,6 +1273,20 @@ class ScriptedOllama:
         core = self._started()
         with core.cond:
             core.queue.extend(scripts)
+
+    def set_max_active(self, n: int | None) -> None:
+        """Answer 503 "server busy" (Ollama's words) to generation requests beyond ``n``
+        answers in progress, as Ollama does when its queue is full (None: no limit)."""
+        core = self._started()
+        with core.cond:
+            core.max_active = n
+
+    @property
+    def busy_answers(self) -> int:
+        """How many generation requests were answered 503 "server busy" (set_max_active)."""
+        core = self._started()
+        with core.cond:
+            return core.busy_answers
 
     def set_script(self, script: ScriptSource) -> None:
         """Replace the default script (or script function)."""

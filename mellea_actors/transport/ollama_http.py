@@ -56,6 +56,7 @@ from mellea_actors.errors import (
     StreamDroppedError,
     StreamTimeoutError,
 )
+from mellea_actors.transport.admission import Admission
 from mellea_actors.transport.chat_request import ChatMessage, GenerationRequest
 from mellea_actors.transport.http_stream import (
     ConnectionClosed,
@@ -161,35 +162,36 @@ class DeltaSink(Protocol):
 
 
 class _Slot:
-    """``async with``: hold one of the host's slots, waiting at most ``timeout`` seconds."""
+    """``async with``: hold a place of the host's admission, waiting at most ``timeout`` s."""
 
-    __slots__ = ("_host", "_model", "_slots", "_timeout")
+    __slots__ = ("_admission", "_host", "_model", "_timeout")
 
     def __init__(
-        self, slots: asyncio.Semaphore, timeout: float | None, host: str, model: str
+        self, admission: Admission, timeout: float | None, host: str, model: str
     ) -> None:
-        self._slots = slots
+        self._admission = admission
         self._timeout = timeout
         self._host = host
         self._model = model
 
     async def __aenter__(self) -> None:
-        if self._timeout is None or not self._slots.locked():
-            await self._slots.acquire()
+        if self._timeout is None or not self._admission.full():
+            await self._admission.acquire()
             return
         try:
             async with asyncio.timeout(self._timeout):
-                await self._slots.acquire()
+                await self._admission.acquire()
         except TimeoutError:
             raise QueueTimeoutError(
                 f"no free slot to Ollama at {self._host} within {self._timeout} s (all "
-                "max_in_flight requests stayed open); nothing was sent",
+                f"{self._admission.limit} requests the host takes now stayed open); nothing was "
+                "sent",
                 host=self._host,
                 model=self._model,
             ) from None
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._slots.release()
+        self._admission.release()
 
 
 class _Watchdog:
@@ -407,7 +409,7 @@ class OllamaTransport:
         self._connect_timeout = connect_timeout
         self._max_in_flight = default_max_in_flight() if max_in_flight is None else max_in_flight
         self._client: ollama.AsyncClient | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._admission: Admission | None = None
         self._pool: ConnectionPool | None = None
         self._chat_path = "/api/chat"
         self._headers: dict[str, str] = {}
@@ -420,7 +422,7 @@ class OllamaTransport:
                 # management calls only (tags, version): the chat streams use their own pool
                 limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
             )
-            self._slots = asyncio.Semaphore(self._max_in_flight)
+            self._admission = Admission(asyncio.get_running_loop(), self._max_in_flight)
         return self._client
 
     def _ensure_pool(self) -> ConnectionPool:
@@ -450,13 +452,14 @@ class OllamaTransport:
         Cancelling the calling task closes the connection at once.
         """
         pool = self._ensure_pool()
-        assert self._slots is not None
+        admission = self._admission
+        assert admission is not None
         body = orjson.dumps(_chat_body(request))  # orjson's buffer is 4 KB: keep only the
         message = pool.request_head(self._chat_path, self._headers, len(body)) + body  # copy
         del body
         decoder = _NdjsonDecoder(self.host, request.model, sink)
         timeout = request.stream_timeout
-        async with _Slot(self._slots, self._queue_timeout, self.host, request.model):
+        async with _Slot(admission, self._queue_timeout, self.host, request.model):
             watchdog = None if timeout is None else _Watchdog(asyncio.get_running_loop(), timeout)
             decoder.watchdog = watchdog
             try:
@@ -474,6 +477,8 @@ class OllamaTransport:
             except BackendError:
                 raise
             except HttpStatusError as exc:
+                if exc.status == 503:  # "server busy": the host's queue is full (admission.py)
+                    admission.busy()
                 text = exc.body.decode("utf-8", "replace")
                 error = ollama.ResponseError(text, exc.status)
                 raise map_error(error, host=self.host, model=request.model) from exc
@@ -491,6 +496,7 @@ class OllamaTransport:
             finally:
                 if watchdog is not None:
                     watchdog.close()
+            admission.completed()
         assert decoder.final is not None
         return decoder.final
 
