@@ -12,6 +12,11 @@ One decision, in one place (``start_session`` and the command line both call
 
 Host strings are normalised as the ``ollama`` client does (``host:port``, ``http://host`` …).
 
+A pool of hosts (SPEC §11): ``base_url`` may be a list (or tuple) of hosts — URLs or
+:class:`~mellea_actors.runtime.host_pool.HostSpec` (per-host capacity and weight) — and
+``OLLAMA_HOST`` a comma-separated list; :func:`resolve_hosts` returns the list then (a list of
+one is a pool of one, which can grow), and a plain ``str`` otherwise (the single-host path).
+
 The model of a session started without ``model_id`` is chosen here too
 (:func:`choose_default_model`), in this order:
 
@@ -27,9 +32,11 @@ Step 2 needs the host's model list, which ``start_session`` fetches when it chec
 from __future__ import annotations
 
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from mellea_actors.backends.model_ids import IBM_GRANITE_4_1_3B, IBM_GRANITE_4_2_3B
+from mellea_actors.errors import InvalidInputError
+from mellea_actors.runtime.host_pool import HostSpec
 from mellea_actors.transport.ollama_http import DEFAULT_HOST, normalize_host
 
 __all__ = [
@@ -39,6 +46,7 @@ __all__ = [
     "choose_default_model",
     "configured_model",
     "resolve_host",
+    "resolve_hosts",
 ]
 
 #: The environment variable that names the default model.
@@ -65,6 +73,37 @@ def resolve_host(base_url: str | None) -> str:
     if os.environ.get("MELLEA_ACTORS_NO_EMBEDDED") != "1":
         return local_server.ensure_embedded_ollama().base_url
     return DEFAULT_HOST
+
+
+def resolve_hosts(base_url: str | Sequence[str | HostSpec] | None) -> str | list[HostSpec]:
+    """The single host (a str), or the pool (a list of specs): ``base_url`` as a list, else a
+    comma-separated ``OLLAMA_HOST``, else :func:`resolve_host`. Duplicates and empty lists are
+    refused (``InvalidInputError`` naming where they came from)."""
+    if isinstance(base_url, list | tuple):
+        specs = [HostSpec.of(item, "base_url") for item in base_url]
+        return _checked_pool(specs, "base_url")
+    if base_url is not None and not isinstance(base_url, str):
+        raise InvalidInputError(
+            "base_url must be a host URL (str) or a list of them, got "
+            f"{type(base_url).__name__}: {base_url!r}"
+        )
+    env = os.environ.get("OLLAMA_HOST")
+    if not base_url and env and "," in env:
+        parts = [part.strip() for part in env.split(",") if part.strip()]
+        specs = [HostSpec(normalize_host(part, name="OLLAMA_HOST")) for part in parts]
+        return _checked_pool(specs, "OLLAMA_HOST")
+    return resolve_host(base_url)
+
+
+def _checked_pool(specs: list[HostSpec], name: str) -> list[HostSpec]:
+    if not specs:
+        raise InvalidInputError(f"{name} is an empty list: name at least one Ollama host")
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.url in seen:
+            raise InvalidInputError(f"host {spec.url} is listed twice in {name}")
+        seen.add(spec.url)
+    return specs
 
 
 def configured_model() -> str | None:

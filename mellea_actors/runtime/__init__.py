@@ -26,10 +26,11 @@ records counts deltas.
 
 from mellea_actors.runtime.actor_base import RuntimeActor, handles
 from mellea_actors.runtime.breaker import BreakerPolicy, BreakerState
+from mellea_actors.runtime.host_pool import HostSpec, HostState, HostView
 from mellea_actors.runtime.log import LOGGER_NAME, SupervisionLog, configure_output
 from mellea_actors.runtime.loop import ActorLoop, LoopActor, LoopFuture, ask_async
 from mellea_actors.runtime.restart_policy import RestartPolicy
-from mellea_actors.runtime.system import ActorSystem
+from mellea_actors.runtime.system import ActorSystem, Hosts
 from mellea_actors.runtime.thunk_handle import ThunkHandle
 
 __all__ = [
@@ -38,6 +39,10 @@ __all__ = [
     "ActorSystem",
     "BreakerPolicy",
     "BreakerState",
+    "HostSpec",
+    "HostState",
+    "HostView",
+    "Hosts",
     "LoopActor",
     "LoopFuture",
     "RestartPolicy",

@@ -73,6 +73,16 @@ class CircuitBreaker:
             return True
         return False
 
+    def trip(self, error: BaseException) -> bool:
+        """Open at once (a pooled host's half-open trial failed); True if it was closed."""
+        self.consecutive_failures += 1
+        self.last_error = error
+        if self.state is BreakerState.OPEN:
+            return False
+        self.state = BreakerState.OPEN
+        self.probes = 0
+        return True
+
     def record_success(self) -> bool:
         """The host answered; True if this closed an open breaker."""
         was_open = self.state is BreakerState.OPEN

@@ -27,6 +27,35 @@ Ownership, precisely:
   ``GenerationFailed`` goes *directly* to the thunk, so it ends even while the supervisor
   itself is stopping.
 
+A pool of hosts (a session started with several, :mod:`~mellea_actors.runtime.host_pool`):
+the supervisor then owns a :class:`~mellea_actors.runtime.host_pool.HostPool` (``_pool``, loop
+thread, like the rest) and chooses the host of every *attempt* when it launches it
+(``_Generation.host``; the request's own ``host`` is not used). Its rules:
+
+* An attempt that fails for a transient reason before its first delta — refused, reset or
+  dropped, HTTP 5xx, 503 "server busy", an open breaker, and also ``ModelNotFoundError`` (the
+  host's tags were stale: refreshed at once) — *fails over*: it is launched at once (no backoff)
+  on the least loaded other eligible host, logged ``failover`` (``from_host``, ``to_host``,
+  ``reason``). A 503 fails over only to a host with room (``in_flight < capacity``). One round
+  of failovers tries each host at most once; when no untried host is left, the normal policy
+  decides (a 503: busy retry; else a restart with backoff, on whichever host is least loaded
+  then, which starts a new round). Failovers are not restarts: they count neither toward
+  ``max_restarts`` nor toward the restart intensity; they are bounded by the number of hosts
+  per round. After a delta was delivered nothing moves: the reader gets the error.
+* A generation that no host can take, or whose every try failed, fails with one
+  ``BackendUnavailableError`` (a ``ConnectionError``) naming every host and what each said.
+* ``AddHost`` / ``RemoveHost`` (asks, from any thread through the system) change the pool.
+  ``drain=True`` stops new work to the host and lets its running attempts finish; the host
+  leaves when the last one ends. ``drain=False`` stops its running attempts now: each one
+  that delivered no text yet fails over as above, one with text fails with an error naming the
+  host (``_Generation.evicted`` marks such a cancel, which ``_generator_done`` reports as a
+  failure instead of ending the thunk).
+* Per host: its breaker (``_breakers``), the breaker's probe (``_probes``) and a tags watcher
+  (``_tag_watchers``: ``/api/tags`` at once, then every ``tags_every`` s), cancelled when the
+  host leaves and when the supervisor stops.
+
+With a single host (``_pool`` None) none of this runs: ``_Generation.host`` is the request's.
+
 The transport is anything that has the shape of :class:`ChatTransport`
 (:class:`~mellea_actors.transport.ollama_http.OllamaTransport` in production, a fake in the unit
 tests).
@@ -47,14 +76,26 @@ import pykka
 
 from mellea_actors.errors import (
     BackendError,
+    BackendResponseError,
     BackendUnavailableError,
     CircuitOpenError,
+    InvalidInputError,
     MelleaActorsError,
+    ModelNotFoundError,
 )
 from mellea_actors.runtime.actor_base import RuntimeActor, handles
 from mellea_actors.runtime.breaker import BreakerPolicy, CircuitBreaker
+from mellea_actors.runtime.host_pool import (
+    TAGS_EVERY,
+    HostPool,
+    HostRegistry,
+    HostSpec,
+    HostView,
+    PooledHost,
+)
 from mellea_actors.runtime.loop import ActorLoop, tell_here
 from mellea_actors.runtime.messages import (
+    AddHost,
     CancelGeneration,
     ChildCrashed,
     DeltasArrived,
@@ -66,8 +107,10 @@ from mellea_actors.runtime.messages import (
     GenerationStats,
     GeneratorExited,
     HostAnswered,
+    RemoveHost,
     RestartGenerator,
     StartGeneration,
+    TagsRefreshed,
 )
 from mellea_actors.runtime.restart_policy import RestartIntensity, RestartPolicy
 
@@ -92,6 +135,10 @@ class ChatTransport(Protocol):
         """The host's version; ``BackendUnavailableError`` if it does not answer."""
         ...
 
+    async def list_models(self, timeout: float = ...) -> list[str]:
+        """The host's models (``/api/tags``; used by a pool only)."""
+        ...
+
 
 @dataclass(slots=True)
 class _Generation:
@@ -111,6 +158,18 @@ class _Generation:
     started_at: float = field(default_factory=time.monotonic)
     busy_retries: int = 0
     """Attempts that the host answered "server busy" (503): retried, not counted as restarts."""
+    host: str = ""
+    """The host of the current attempt (the request's; in a pool, the pool's choice)."""
+    slot: PooledHost | None = None
+    """Pool only: the host the running attempt holds (``in_flight``), until its exit."""
+    failovers: int = 0
+    """Pool only: attempts moved to another host (not restarts)."""
+    tried: set[str] | None = None
+    """Pool only: the hosts of the current failover round."""
+    errors: dict[str, str] | None = None
+    """Pool only: the last error each host gave this generation (for the final error)."""
+    evicted: BaseException | None = None
+    """Pool only: the running attempt is being stopped because its host was removed."""
 
 
 class _DeltaBatch:
@@ -170,6 +229,8 @@ class GenerationSupervisor(RuntimeActor):
         actor_id: str = "generation-supervisor",
         parent_id: str | None = None,
         parent: pykka.ActorRef[Any] | None = None,
+        hosts: HostRegistry | None = None,
+        tags_every: float = TAGS_EVERY,
     ) -> None:
         super().__init__(actor_loop, log=log, actor_id=actor_id, parent_id=parent_id, parent=parent)
         self.transport_for = transport_for
@@ -179,10 +240,15 @@ class GenerationSupervisor(RuntimeActor):
         self._generations: dict[str, _Generation] = {}
         self._breakers: dict[str, CircuitBreaker] = {}
         self._probes: dict[str, asyncio.Task[None]] = {}
+        self._tag_watchers: dict[str, asyncio.Task[None]] = {}
+        self._tags_every = tags_every
+        self._pool = None if hosts is None else HostPool(hosts, self._breaker)
 
     # lifecycle -------------------------------------------------------------------------------
     def on_start(self) -> None:
         self._emit("actor_started")
+        for host in self._pool or ():
+            self._host_joined(host)
 
     def on_stop(self) -> None:
         for gen in list(self._generations.values()):
@@ -200,9 +266,10 @@ class GenerationSupervisor(RuntimeActor):
         self.tell_parent(ChildCrashed(self.actor_id, self.kind, None, repr(exc_info[1])))
 
     def _stop_probes(self) -> None:
-        for task in self._probes.values():
+        for task in [*self._probes.values(), *self._tag_watchers.values()]:
             task.cancel()
         self._probes.clear()
+        self._tag_watchers.clear()
 
     def _emit(self, event: str, gen: _Generation | None = None, **fields: Any) -> None:
         """A record of the supervisor itself, or (``gen``) of one of its generators."""
@@ -220,11 +287,15 @@ class GenerationSupervisor(RuntimeActor):
         """The state of each host's circuit breaker (for introspection)."""
         return {host: b.state.value for host, b in self._breakers.items()}
 
+    def hosts(self) -> list[HostView]:
+        """The pool's hosts (empty for a single-host supervisor; for introspection)."""
+        return [host.view() for host in self._pool or ()]
+
     # handlers --------------------------------------------------------------------------------
     @handles(StartGeneration)
     def _on_start_generation(self, message: StartGeneration) -> None:
         request = message.request
-        gen = _Generation(request=request, thunk=message.thunk)
+        gen = _Generation(request=request, thunk=message.thunk, host=request.host)
         self._generations[request.request_id] = gen
         self._launch(gen)
 
@@ -234,9 +305,19 @@ class GenerationSupervisor(RuntimeActor):
             breaker = self._breakers[host] = CircuitBreaker(host, self.breaker_policy)
         return breaker
 
-    def _launch(self, gen: _Generation) -> None:
+    def _launch(self, gen: _Generation, target: PooledHost | None = None) -> None:
+        """Start the generator of ``gen``'s current attempt (in a pool: on ``target``, else on
+        the pool's choice now)."""
         gen.restart_timer = None
-        breaker = self._breaker(gen.request.host)
+        pool = self._pool
+        if pool is not None:
+            target = target or pool.choose(gen.request.model)
+            if target is None:
+                rid = gen.request.request_id
+                self._fail(gen, pool.unavailable_error(gen.request.model, gen.errors, rid))
+                return
+            gen.host = target.url
+        breaker = self._breaker(gen.host)
         if breaker.is_open:  # fail fast instead of waiting for a connect timeout
             self._fail(gen, breaker.open_error(gen.request.model))
             return
@@ -245,8 +326,11 @@ class GenerationSupervisor(RuntimeActor):
             gen,
             attempt=gen.attempt,
             model=gen.request.model,
-            host=gen.request.host,
+            host=gen.host,
         )
+        if pool is not None and target is not None:
+            pool.acquire(target)
+            gen.slot = target
         task = self.actor_loop.spawn(
             self._generate(gen, gen.attempt), name=f"generator-{gen.request.request_id}"
         )
@@ -260,8 +344,12 @@ class GenerationSupervisor(RuntimeActor):
         mailbox, since the supervisor may be stopping.
         """
         if task.cancelled():
-            self._end_cancelled(gen)
             rid = gen.request.request_id
+            evicted, gen.evicted = gen.evicted, None
+            if evicted is not None and gen.cancel_reason is None:  # its host left the pool
+                self._report(GeneratorExited(rid, attempt, gen.deltas, error=evicted))
+                return
+            self._end_cancelled(gen)
             self._report(GeneratorExited(rid, attempt, gen.deltas, cancelled=True))
 
     @handles(CancelGeneration)
@@ -340,15 +428,24 @@ class GenerationSupervisor(RuntimeActor):
         """
         if isinstance(error, CircuitOpenError):
             return
-        breaker = self._breaker(gen.request.host)
+        host = None if self._pool is None else self._pool.get(gen.host)
+        if self._pool is not None and (host is None or host.draining):
+            return  # leaving the pool: what it did no longer matters
+        breaker = self._breaker(gen.host)
         if isinstance(error, BackendUnavailableError) and gen.deltas == 0:
-            if breaker.record_failure(error):
+            opened = breaker.trip(error) if host and host.trial else breaker.record_failure(error)
+            if host is not None:
+                host.trial = False
+            if opened:
                 self._emit_breaker("breaker_opened", breaker, str(error))
                 self._start_probe(breaker)
             return
         if breaker.record_success():
             why = "a generation got through" if error is None else "the host answered"
             self._emit_breaker("breaker_closed", breaker, why)
+        if host is not None and host.trial:
+            host.trial = False
+            self._host_state(host, "an attempt got an answer")
 
     def _emit_breaker(self, event: str, breaker: CircuitBreaker, reason: str) -> None:
         self.emit_child(
@@ -359,6 +456,9 @@ class GenerationSupervisor(RuntimeActor):
             host=breaker.host,
             failures=breaker.consecutive_failures,
         )
+        host = None if self._pool is None else self._pool.get(breaker.host)
+        if host is not None and event != "breaker_probe_failed":
+            self._host_state(host, reason)
 
     def _start_probe(self, breaker: CircuitBreaker) -> None:
         if breaker.host in self._probes:
@@ -384,6 +484,9 @@ class GenerationSupervisor(RuntimeActor):
     def _on_host_answered(self, message: HostAnswered) -> None:
         self._probes.pop(message.host, None)
         breaker = self._breaker(message.host)
+        host = None if self._pool is None else self._pool.get(message.host)
+        if host is not None and breaker.is_open:
+            host.trial = True  # half-open: one attempt at a time until one gets an answer
         if breaker.record_success():
             self._emit_breaker("breaker_closed", breaker, "/api/version answered")
 
@@ -396,8 +499,13 @@ class GenerationSupervisor(RuntimeActor):
         error = message.error
         if not message.cancelled or gen.deltas:  # a cancel before any delta says nothing
             self._count_transport_result(gen, error)
+        slot, gen.slot = gen.slot, None
+        if slot is not None:
+            self._release(slot)
         if error is None:  # completed or cancelled: the generator told the thunk already
             self._generations.pop(message.request_id, None)
+            return
+        if self._pool is not None and self._failover(gen, error):
             return
         waited = time.monotonic() - gen.started_at
         if gen.cancel_reason is None and self.policy.should_retry_busy(error, gen.deltas, waited):
@@ -412,7 +520,7 @@ class GenerationSupervisor(RuntimeActor):
             )
             self._schedule_restart(gen, delay)
             return
-        restarts = gen.attempt - 1 - gen.busy_retries
+        restarts = gen.attempt - 1 - gen.busy_retries - gen.failovers
         if gen.cancel_reason is None and self.policy.should_restart(error, restarts, gen.deltas):
             if self._intensity.record():
                 delay = self.policy.backoff(restarts + 1)
@@ -428,7 +536,162 @@ class GenerationSupervisor(RuntimeActor):
             self._emit("escalated", gen, reason=f"restart intensity exceeded: {error}")
             self.tell_parent(Escalated(self.actor_id, gen.request.request_id, str(error)))
         why = "after text was delivered (not retried)" if gen.deltas else ""
+        if self._pool is not None and gen.errors and not gen.deltas and _pool_wide(error):
+            rid = gen.request.request_id
+            pooled = self._pool.unavailable_error(gen.request.model, gen.errors, rid)
+            pooled.__cause__ = error
+            error = pooled
         self._fail(gen, error, why)
+
+    # the pool ------------------------------------------------------------------------------------
+    def _failover(self, gen: _Generation, error: BaseException) -> bool:
+        """Move a failed attempt that delivered nothing to another host at once; False when
+        it must not move (text delivered, cancelled, not transient) or no untried host is left
+        (the round ends; the restart policy decides)."""
+        pool = self._pool
+        if pool is None or gen.cancel_reason is not None or gen.deltas or not _moves(error):
+            return False
+        model = gen.request.model
+        errors = gen.errors if gen.errors is not None else {}
+        errors[gen.host] = str(error)
+        gen.errors = errors
+        failed = pool.get(gen.host)
+        if isinstance(error, ModelNotFoundError) and failed is not None:
+            failed.models = (failed.models or frozenset()) - {model, f"{model}:latest"}
+            self._watch_tags(failed, restart=True)  # its tags were stale: ask again now
+        tried = gen.tried if gen.tried is not None else set()
+        tried.add(gen.host)
+        busy = isinstance(error, BackendResponseError) and error.status_code == 503
+        target = pool.choose(model, tried, need_room=busy)
+        if target is None:
+            gen.tried = None  # the round is over
+            return False
+        gen.tried = tried
+        gen.failovers += 1
+        gen.attempt += 1
+        self._emit(
+            "failover",
+            gen,
+            from_host=gen.host,
+            to_host=target.url,
+            reason=str(error),
+            attempt=gen.attempt,
+            in_flight=target.in_flight,
+            capacity=target.capacity,
+        )
+        self._launch(gen, target)
+        return True
+
+    def _release(self, host: PooledHost) -> None:
+        assert self._pool is not None
+        self._pool.release(host)
+        if host.draining and host.in_flight == 0:
+            self._host_left(host)
+
+    def _emit_host(self, event: str, host: PooledHost, **fields: Any) -> None:
+        """A record of one pooled host: its url, state, in-flight count and capacity."""
+        fields.setdefault("state", host.state.value)
+        fields.setdefault("in_flight", host.in_flight)
+        self.emit_child(
+            event,
+            actor=f"host-{host.url}",
+            kind="host",
+            host=host.url,
+            capacity=host.capacity,
+            **fields,
+        )
+
+    def _host_state(self, host: PooledHost, reason: str) -> None:
+        """Log a host's state (pool only) and publish the pool's view."""
+        self._emit_host("host_state", host, reason=reason)
+        if self._pool is not None:
+            self._pool.publish()
+
+    def _host_joined(self, host: PooledHost) -> None:
+        self._emit_host("host_added", host, weight=host.weight)
+        self._watch_tags(host)
+
+    def _host_left(self, host: PooledHost) -> None:
+        assert self._pool is not None
+        self._pool.discard(host.url)
+        for tasks in (self._probes, self._tag_watchers):
+            task = tasks.pop(host.url, None)
+            if task is not None:
+                task.cancel()
+        self._breakers.pop(host.url, None)
+        self._emit_host("host_removed", host, state="removed", in_flight=0)
+
+    def _watch_tags(self, host: PooledHost, *, restart: bool = False) -> None:
+        running = self._tag_watchers.get(host.url)
+        if running is not None:
+            if not restart:
+                return
+            running.cancel()
+        self._tag_watchers[host.url] = self.actor_loop.spawn(
+            self._tags(host.url), name=f"tags-{host.url}"
+        )
+
+    async def _tags(self, url: str) -> None:
+        """List the host's models now, then every ``tags_every`` s (loop thread)."""
+        transport = self.transport_for(url)
+        while True:
+            try:
+                models = await transport.list_models(timeout=self.breaker_policy.probe_timeout)
+            except BackendError as exc:
+                self.tell_self(TagsRefreshed(url, None, str(exc)))
+            else:
+                self.tell_self(TagsRefreshed(url, tuple(models)))
+            await asyncio.sleep(self._tags_every)
+
+    @handles(TagsRefreshed)
+    def _on_tags(self, message: TagsRefreshed) -> None:
+        host = None if self._pool is None else self._pool.get(message.host)
+        if host is None or message.models is None:  # a host that is down: its breaker's job
+            return
+        host.models = frozenset(message.models)
+        assert self._pool is not None
+        self._pool.publish()
+
+    @handles(AddHost)
+    def _on_add_host(self, message: AddHost) -> HostView:
+        pool = self._pool
+        if pool is None:
+            raise InvalidInputError(
+                "this session was started with one host; hosts can be added to a pool only "
+                "(start it with base_url=[...] or a comma-separated OLLAMA_HOST)"
+            )
+        spec = HostSpec(message.url, message.capacity, message.weight)
+        present = pool.get(spec.url)
+        if present is not None and not present.draining:
+            raise InvalidInputError(f"host {spec.url} is already in the pool")
+        if present is not None:  # re-added while draining: it stays, with the new settings
+            self._host_left(present)
+        host = pool.add(spec)
+        self._host_joined(host)
+        return host.view()
+
+    @handles(RemoveHost)
+    def _on_remove_host(self, message: RemoveHost) -> None:
+        pool = self._pool
+        host = None if pool is None else pool.get(message.url)
+        if host is None or host.draining:
+            listed = ", ".join(pool.hosts) if pool is not None else "none (not a pool)"
+            raise InvalidInputError(f"host {message.url} is not in the pool (hosts: {listed})")
+        host.draining = True
+        how = "drain: running attempts finish" if message.drain else "running attempts stopped"
+        self._host_state(host, f"removed ({how})")
+        if not message.drain:
+            error = BackendUnavailableError(
+                f"Ollama host {host.url} was removed from the pool (drain=False) during the "
+                "generation",
+                host=host.url,
+            )
+            for gen in list(self._generations.values()):
+                if gen.slot is host and gen.task is not None and not gen.task.done():
+                    gen.evicted = error
+                    gen.task.cancel("its host was removed from the pool")
+        if host.in_flight == 0:
+            self._host_left(host)
 
     def _schedule_restart(self, gen: _Generation, delay: float) -> None:
         gen.attempt += 1
@@ -486,7 +749,7 @@ class GenerationSupervisor(RuntimeActor):
 
         batch = _DeltaBatch(gen, on_first)
         try:
-            transport = self.transport_for(request.host)
+            transport = self.transport_for(gen.host)
             final = await transport.stream_chat(request, batch)
         except asyncio.CancelledError:
             batch.flush()  # the deltas reach the thunk before _generator_done ends it
@@ -497,7 +760,7 @@ class GenerationSupervisor(RuntimeActor):
             if not isinstance(exc, BackendError):
                 error = BackendError(
                     f"generation {request.request_id} failed unexpectedly: {exc!r}",
-                    host=request.host,
+                    host=gen.host,
                     model=request.model,
                 )
                 error.__cause__ = exc
@@ -520,3 +783,18 @@ class GenerationSupervisor(RuntimeActor):
         this supervisor): handled at once, as the task's last step."""
         with contextlib.suppress(pykka.ActorDeadError):  # stopped: its on_stop ended it all
             tell_here(self.actor_ref, message)
+
+
+def _moves(error: BaseException) -> bool:
+    """True if an attempt that failed with ``error`` before its first delta may move to another
+    host of a pool: a transient backend failure (refused, dropped, 5xx, 503 busy), an open
+    breaker, or a host that turned out not to have the model."""
+    return isinstance(error, BackendUnavailableError | ModelNotFoundError) or (
+        isinstance(error, BackendError) and error.transient
+    )
+
+
+def _pool_wide(error: BaseException) -> bool:
+    """True if the final error of a pooled generation that delivered nothing is the pool's
+    (every host was tried or is down): one ``BackendUnavailableError`` naming them all."""
+    return _moves(error) and not isinstance(error, ModelNotFoundError)

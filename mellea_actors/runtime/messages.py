@@ -14,6 +14,8 @@ Who sends what::
     anyone with the ref ──ReadNew / ReaderGone / AwaitOutcome──▶ ThunkActor
                                                   (replies: StreamRead, ThunkOutcome)
     system ──CancelGeneration──▶ GenerationSupervisor
+    system ──AddHost / RemoveHost──▶ GenerationSupervisor       (a pooled session, asks)
+    tags watcher ──TagsRefreshed──▶ GenerationSupervisor
     ThunkActor / GenerationSupervisor ──ChildCrashed / Escalated──▶ their supervisor
 """
 
@@ -28,6 +30,7 @@ import pykka
 from mellea_actors.transport.chat_request import ChatMessage, GenerationRequest
 
 __all__ = [
+    "AddHost",
     "AwaitOutcome",
     "CancelGeneration",
     "CancelStream",
@@ -46,12 +49,14 @@ __all__ = [
     "HostAnswered",
     "ReadNew",
     "ReaderGone",
+    "RemoveHost",
     "RestartGenerator",
     "SourceEnded",
     "SourceFailed",
     "StartGeneration",
     "StopValidation",
     "StreamRead",
+    "TagsRefreshed",
     "ThunkOutcome",
     "ThunkStatus",
     "ValidateChunk",
@@ -95,6 +100,33 @@ class HostAnswered:
     """The breaker's probe reached the host (``/api/version`` answered)."""
 
     host: str
+
+
+@dataclass(frozen=True, slots=True)
+class AddHost:
+    """Add a host to a pooled supervisor's pool (an ask: answered with its ``HostView``)."""
+
+    url: str
+    capacity: int | None = None
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveHost:
+    """Remove a host from the pool: ``drain`` lets its running attempts finish; without it they
+    are stopped (moved to another host if no text was delivered yet, else failed)."""
+
+    url: str
+    drain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TagsRefreshed:
+    """A host's ``/api/tags`` answered (``models``), or failed (``error``)."""
+
+    host: str
+    models: tuple[str, ...] | None
+    error: str | None = None
 
 
 # -- children → their supervisor ----------------------------------------------------------------

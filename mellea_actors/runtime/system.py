@@ -5,6 +5,8 @@
     ActorSystem  (id "system-…")
     └── RootSupervisor ("…/root"): restarts the generation supervisor if it crashes
         └── GenerationSupervisor ("…/generation-supervisor"), one circuit breaker per host
+            ├── hosts                    (a pool only: one node per host, its url, state,
+            │                             in_flight and capacity; see host_pool.py)
             ├── generator-<request id>   (asyncio task: streams from Ollama; restarted on
             │                             transient failures before any delta)
             └── thunk-<request id>       (ThunkActor: owns that generation's output; its crash
@@ -14,7 +16,13 @@
 
 Thread-safety: every public method may be called from any thread. The system's mutable state
 lives on its loop thread, except the registries ``_thunks`` and ``stream_actors`` (dicts
-mutated by single operations, atomic in CPython) used for introspection.
+mutated by single operations, atomic in CPython) used for introspection, and a pool's
+:class:`~mellea_actors.runtime.host_pool.HostRegistry` (its own lock; see there).
+
+A pool (``hosts=[...]``): the generation supervisor owns the routing; :attr:`hosts`
+(:class:`Hosts`) adds and removes hosts by asking it (``AddHost`` / ``RemoveHost``), and keeps
+the registry's configuration in step, so that a restarted supervisor starts with the hosts of
+the moment.
 
 Shutdown: :meth:`close` cancels every generation (closing its HTTP stream), waits (bounded) until
 every thunk published its outcome, closes the HTTP clients and joins the loop thread. An ``atexit``
@@ -32,22 +40,25 @@ import itertools
 import os
 import threading
 import weakref
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
 import pykka
 
 from mellea_actors._arguments import check_timeout
-from mellea_actors.errors import RuntimeClosedError
+from mellea_actors.errors import InvalidInputError, RuntimeClosedError
 from mellea_actors.runtime.breaker import BreakerPolicy
 from mellea_actors.runtime.crossing import await_concurrent
 from mellea_actors.runtime.generation_supervisor import GenerationSupervisor
+from mellea_actors.runtime.host_pool import TAGS_EVERY, HostRegistry, HostSpec, HostView
 from mellea_actors.runtime.log import SupervisionLog
 from mellea_actors.runtime.loop import ActorLoop, ask_async, tell_here
 from mellea_actors.runtime.messages import (
+    AddHost,
     AwaitOutcome,
     CancelGeneration,
     GenerationRequest,
+    RemoveHost,
     StartGeneration,
 )
 from mellea_actors.runtime.restart_policy import RestartPolicy
@@ -56,7 +67,7 @@ from mellea_actors.runtime.thunk_actor import ThunkActor, ThunkCell
 from mellea_actors.runtime.thunk_handle import ThunkHandle
 from mellea_actors.transport.ollama_http import OllamaTransport
 
-__all__ = ["ActorSystem"]
+__all__ = ["ActorSystem", "Hosts"]
 
 _ids = itertools.count(1)
 
@@ -94,8 +105,12 @@ class ActorSystem:
         max_in_flight: int | None = None,
         connect_timeout: float = 10.0,
         queue_timeout: float | None = 300.0,
+        hosts: Sequence[HostSpec | str] | None = None,
+        tags_every: float = TAGS_EVERY,
     ) -> None:
         self._queue_timeout = queue_timeout
+        self._host_registry = None if hosts is None else HostRegistry(HostSpec.of(h) for h in hosts)
+        self._tags_every = tags_every
         self._pid = os.getpid()
         self.id = f"system-{self._pid}-{next(_ids)}"
         self.log = log or SupervisionLog()
@@ -143,6 +158,8 @@ class ActorSystem:
             actor_id=self.supervisor_id,
             parent_id=self.root_id,
             parent=parent,
+            hosts=self._host_registry,
+            tags_every=self._tags_every,
         )
 
     def _set_supervisor(self, ref: pykka.ActorRef[Any]) -> None:
@@ -219,6 +236,60 @@ class ActorSystem:
             tell_here(self.supervisor, CancelGeneration(request_id, reason))
 
     @property
+    def hosts(self) -> Hosts:
+        """The pool's hosts (see :class:`Hosts`)."""
+        return Hosts(self)
+
+    @property
+    def pooled(self) -> bool:
+        return self._host_registry is not None
+
+    def add_host(
+        self, url: str, *, capacity: int | None = None, weight: float = 1.0, timeout: float = 10.0
+    ) -> HostView:
+        """Add a host to the pool (thread-safe; from the loop thread it is only sent)."""
+        registry = self._pool_registry("add a host")
+        spec = HostSpec(HostSpec.of(url, "url").url, capacity, weight)
+        message = AddHost(spec.url, spec.capacity, spec.weight)
+        if self.loop.in_loop_thread():
+            self.supervisor.tell(message)
+            view = HostView(spec.url, "up", 0, spec.capacity or 0, spec.weight, None)
+        else:
+            answer = self.supervisor.ask(message, timeout=timeout)
+            assert isinstance(answer, HostView)
+            view = answer
+        with registry.lock:
+            registry.specs[spec.url] = spec
+        return view
+
+    def remove_host(self, url: str, *, drain: bool = True, timeout: float = 10.0) -> None:
+        """Remove a host from the pool (thread-safe; returns once it is draining, not drained:
+        the log says ``host_removed`` when it left)."""
+        registry = self._pool_registry("remove a host")
+        normalized = HostSpec.of(url, "url").url
+        message = RemoveHost(normalized, drain)
+        if self.loop.in_loop_thread():
+            self.supervisor.tell(message)
+        else:
+            self.supervisor.ask(message, timeout=timeout)
+        with registry.lock:
+            registry.specs.pop(normalized, None)
+
+    def _pool_registry(self, what: str) -> HostRegistry:
+        if self._closed:
+            raise RuntimeClosedError(f"{self.id} {self._closed_reason}")
+        if self._host_registry is None:
+            raise InvalidInputError(
+                f"cannot {what}: this session was started with one host; start it with "
+                "base_url=[...] (or a comma-separated OLLAMA_HOST) for a pool of hosts"
+            )
+        return self._host_registry
+
+    def host_views(self) -> list[HostView]:
+        """The pool's hosts now (empty without a pool; any thread)."""
+        return [] if self._host_registry is None else list(self._host_registry.view)
+
+    @property
     def supervisor_id(self) -> str:
         return f"{self.id}/generation-supervisor"
 
@@ -250,6 +321,17 @@ class ActorSystem:
             {"id": f"thunk-{rid}", "kind": "thunk", "status": cell.status.value, "children": []}
             for rid, (cell, _) in list(self._thunks.items())
         ]
+        if self._host_registry is not None:
+            hosts = [
+                {"id": f"host-{v.url}", "kind": "host", **v.as_dict(), "children": []}
+                for v in self._host_registry.view
+            ]
+            pool_node: dict[str, Any] = {
+                "id": f"{self.supervisor_id}/hosts",
+                "kind": "hosts",
+                "children": hosts,
+            }
+            thunks.insert(0, pool_node)
         return {
             "id": self.id,
             "kind": "system",
@@ -345,6 +427,43 @@ class ActorSystem:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Hosts:
+    """The hosts of a session (``session.hosts``): iterate for their :class:`HostView` (url,
+    state, in_flight, capacity); ``add`` and ``remove`` change a pool while it runs.
+
+    ``remove(url, drain=True)`` stops new work to the host and lets its running generations
+    finish (it leaves when the last one ends, logged ``host_removed``); ``drain=False`` stops
+    them now: those that delivered no text yet move to another host, the others fail with an
+    error naming the host. A session started with one host (a str ``base_url``) is not a
+    pool: it lists nothing, and ``add`` / ``remove`` raise ``InvalidInputError``.
+    """
+
+    def __init__(self, system: ActorSystem) -> None:
+        self._system = system
+
+    def add(self, url: str, *, capacity: int | None = None, weight: float = 1.0) -> HostView:
+        return self._system.add_host(url, capacity=capacity, weight=weight)
+
+    def remove(self, url: str, *, drain: bool = True) -> None:
+        self._system.remove_host(url, drain=drain)
+
+    @property
+    def urls(self) -> list[str]:
+        return [view.url for view in self._system.host_views()]
+
+    def __iter__(self) -> Iterator[HostView]:
+        return iter(self._system.host_views())
+
+    def __len__(self) -> int:
+        return len(self._system.host_views())
+
+    def __contains__(self, url: object) -> bool:
+        return isinstance(url, str) and HostSpec.of(url, "url").url in self.urls
+
+    def __repr__(self) -> str:
+        return f"Hosts({[v.as_dict() for v in self._system.host_views()]!r})"
 
 
 def _forget_systems_in_child() -> None:

@@ -34,7 +34,7 @@ from mellea_actors.backends.host_resolution import (
     MODEL_ENV,
     choose_default_model,
     configured_model,
-    resolve_host,
+    resolve_hosts,
 )
 from mellea_actors.backends.model_ids import ModelIdentifier, ollama_model_name
 from mellea_actors.backends.model_options import ModelOption
@@ -43,11 +43,12 @@ from mellea_actors.core.cblock import CBlock, Component
 from mellea_actors.core.context_chain import Context
 from mellea_actors.core.model_output import ModelOutputThunk
 from mellea_actors.core.requirement import Requirement, ValidationResult, reqify
-from mellea_actors.errors import InvalidInputError, ModelNotFoundError
+from mellea_actors.errors import BackendUnavailableError, InvalidInputError, ModelNotFoundError
 from mellea_actors.runtime.breaker import BreakerPolicy
 from mellea_actors.runtime.crossing import in_thread
+from mellea_actors.runtime.host_pool import HostSpec, model_listed
 from mellea_actors.runtime.restart_policy import RestartPolicy
-from mellea_actors.runtime.system import ActorSystem
+from mellea_actors.runtime.system import ActorSystem, Hosts
 from mellea_actors.stdlib.components import Instruction, Message, apply_user_variables
 from mellea_actors.stdlib.context import ChatContext, SimpleContext
 from mellea_actors.stdlib.mobject import Query, Transform
@@ -115,6 +116,13 @@ class MelleaSession:
     def system(self) -> ActorSystem:
         """The actor system of this session (supervision log, live actor tree)."""
         return self._system
+
+    @property
+    def hosts(self) -> Hosts:
+        """The session's pool of Ollama hosts: ``add(url, capacity=…, weight=…)``,
+        ``remove(url, drain=True)``, and iteration over each host's url, state, in-flight
+        count and capacity (see :class:`~mellea_actors.runtime.system.Hosts`)."""
+        return self._system.hosts
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel running generations, stop the session's actors and its loop thread."""
@@ -393,7 +401,7 @@ def start_session(
     model_options: dict[str, Any] | None = None,
     plugins: list[Any] | None = None,
     allow_context_type_change: bool = False,
-    base_url: str | None = None,
+    base_url: str | Sequence[str | HostSpec] | None = None,
     check: bool = True,
     restart_policy: RestartPolicy | None = None,
     breaker_policy: BreakerPolicy | None = None,
@@ -429,6 +437,11 @@ def start_session(
             mellea_actors session never changes its context's type, so it changes nothing.
         base_url: the Ollama host; default ``OLLAMA_HOST``, else ``http://127.0.0.1:11434``, else
             (nothing configured and nothing answering there) the project's embedded local Ollama.
+            A list of hosts (URLs, or :class:`~mellea_actors.runtime.host_pool.HostSpec` for a
+            per-host capacity and weight), or a comma-separated ``OLLAMA_HOST``, makes a pool
+            (SPEC §11; see :mod:`~mellea_actors.runtime.host_pool`): with ``check`` the
+            session starts if at least one host answers and one has the model, and the error
+            names every host otherwise.
         check: ask the host for its models now, so that an unreachable host or an unknown model
             fails here with an error naming it (a few ms on a local host).
         restart_policy: how the generation supervisor restarts failed generators.
@@ -498,17 +511,23 @@ def start_session(
         check_instance(restart_policy, RestartPolicy, "restart_policy")
     if breaker_policy is not None:
         check_instance(breaker_policy, BreakerPolicy, "breaker_policy")
-    host = resolve_host(base_url)
+    resolved = resolve_hosts(base_url)
+    pool = None if isinstance(resolved, str) else resolved
+    host = resolved if isinstance(resolved, str) else resolved[0].url
     system = ActorSystem(
         policy=restart_policy,
         breaker_policy=breaker_policy,
         max_in_flight=max_in_flight,  # None: sized to the host
         queue_timeout=queue_timeout,
+        hosts=pool,
     )
     try:
         checked = False
         if model is None:
             model = configured_model()
+        if pool is not None:
+            model = _check_pool(system, [spec.url for spec in pool], model, check)
+            checked = True
         if model is None:
             available = _list_models(system, host) if check else None
             model = choose_default_model(available)
@@ -609,10 +628,42 @@ def _options_from_env() -> dict[str, Any]:
     return options
 
 
+def _check_pool(system: ActorSystem, urls: list[str], model: str | None, check: bool) -> str:
+    """The model of a pooled session; with ``check``, some host answers and has it (else one
+    error naming every host and what it said)."""
+    if not check:
+        return model or choose_default_model(None)
+    listed: dict[str, list[str]] = {}
+    failed: dict[str, str] = {}
+    for url in urls:
+        try:
+            listed[url] = _list_models(system, url)
+        except BackendUnavailableError as exc:
+            failed[url] = str(exc)
+    if not listed:
+        hosts = "; ".join(f"{url} ({why})" for url, why in failed.items())
+        raise BackendUnavailableError(
+            f"no Ollama host of the pool answers: {hosts}", host=", ".join(urls), model=model
+        )
+    chosen = model or choose_default_model({m for models in listed.values() for m in models})
+    if not any(model_listed(models, chosen) for models in listed.values()):
+        hosts = "; ".join(
+            [f"{url} (has: {', '.join(sorted(m)) or 'none'})" for url, m in listed.items()]
+            + [f"{url} ({why})" for url, why in failed.items()]
+        )
+        raise ModelNotFoundError(
+            f"model {chosen!r} not found on any Ollama host of the pool: {hosts}",
+            host=", ".join(urls),
+            model=chosen,
+        )
+    for url, why in failed.items():
+        _log.warning("start_session: pool host %s does not answer yet: %s", url, why)
+    return chosen
+
+
 def _check_model(system: ActorSystem, host: str, model: str) -> None:
     models = _list_models(system, host)
-    names = set(models) | {m.removesuffix(":latest") for m in models}
-    if model not in names and f"{model}:latest" not in names:
+    if not model_listed(models, model):
         raise ModelNotFoundError(
             f"model {model!r} not found on Ollama at {host} "
             f"(available: {', '.join(sorted(models)) or 'none'})",
