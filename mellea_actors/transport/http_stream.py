@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Mapping
 from typing import Any, Protocol, cast
@@ -222,12 +223,18 @@ class _Connection(asyncio.Protocol):
         self.abort()
 
     def abort(self) -> None:
-        """Close the socket at once (the server sees the disconnect now)."""
+        """Close the socket at once: the server sees the disconnect now, not one loop
+        iteration later (asyncio's ``abort()`` closes the socket in a callback)."""
         self.reusable = False
         self._reader = self._ending = None
-        if self.transport is not None and not self.closed:
+        transport = self.transport
+        if transport is not None and not self.closed:
             self.closed = True
-            self.transport.abort()
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            transport.abort()
 
 
 class _CallbackFailed(Exception):
