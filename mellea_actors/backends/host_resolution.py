@@ -7,8 +7,12 @@ One decision, in one place (``start_session`` and the command line both call
 2. else ``OLLAMA_HOST``, when set;
 3. else ``http://127.0.0.1:11434`` if an Ollama answers there (probed for 0.5 s);
 4. else the project's embedded local Ollama (:mod:`mellea_actors.local`), started on demand and
-   stopped at exit — unless ``MELLEA_ACTORS_NO_EMBEDDED=1``, in which case the default host is
-   returned and the session's check names it.
+   stopped at exit, **only if it is already installed** (one log line says so, with the host
+   that was tried and the local server's address): a library call never downloads or compiles
+   anything. Not installed: :class:`~mellea_actors.errors.BackendUnavailableError` (a
+   ``ConnectionError``) at once, giving both ways out (set ``OLLAMA_HOST``, or run
+   ``python -m mellea_actors.local install``). ``MELLEA_ACTORS_NO_EMBEDDED=1`` skips this step:
+   the default host is returned and the session's check names it.
 
 Host strings are normalised as the ``ollama`` client does (``host:port``, ``http://host`` …).
 
@@ -31,11 +35,12 @@ Step 2 needs the host's model list, which ``start_session`` fetches when it chec
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Collection, Sequence
 
 from mellea_actors.backends.model_ids import IBM_GRANITE_4_1_3B, IBM_GRANITE_4_2_3B
-from mellea_actors.errors import InvalidInputError
+from mellea_actors.errors import BackendUnavailableError, InvalidInputError
 from mellea_actors.runtime.host_pool import HostSpec
 from mellea_actors.transport.ollama_http import DEFAULT_HOST, normalize_host
 
@@ -48,6 +53,8 @@ __all__ = [
     "resolve_host",
     "resolve_hosts",
 ]
+
+_log = logging.getLogger("mellea_actors")
 
 #: The environment variable that names the default model.
 MODEL_ENV = "MELLEA_ACTORS_MODEL"
@@ -66,13 +73,30 @@ def resolve_host(base_url: str | None) -> str:
     env = os.environ.get("OLLAMA_HOST")
     if env:
         return normalize_host(env, name="OLLAMA_HOST")
+    from mellea_actors.local import provision
     from mellea_actors.local import server as local_server  # only when nothing is configured
 
     if local_server.is_ollama_reachable(DEFAULT_HOST, timeout=0.5):
         return DEFAULT_HOST
-    if os.environ.get("MELLEA_ACTORS_NO_EMBEDDED") != "1":
-        return local_server.ensure_embedded_ollama().base_url
-    return DEFAULT_HOST
+    if os.environ.get("MELLEA_ACTORS_NO_EMBEDDED") == "1":
+        return DEFAULT_HOST
+    install = provision.installed()
+    if install is None:
+        raise BackendUnavailableError(
+            f"no Ollama answers at {DEFAULT_HOST} and none is configured, and the embedded "
+            "local Ollama is not installed (a library call never downloads it). Either set "
+            "OLLAMA_HOST (or base_url=) to an Ollama server, or install the local one once: "
+            "`python -m mellea_actors.local install` (about 250 MB, into "
+            f"{provision.default_home()})",
+            host=DEFAULT_HOST,
+        )
+    server = local_server.ensure_embedded_ollama(install=install)
+    _log.info(
+        "no Ollama answers at %s and none is configured: using the embedded local Ollama at %s",
+        DEFAULT_HOST,
+        server.base_url,
+    )
+    return server.base_url
 
 
 def resolve_hosts(base_url: str | Sequence[str | HostSpec] | None) -> str | list[HostSpec]:

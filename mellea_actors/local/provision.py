@@ -243,6 +243,15 @@ def _read_marker(home: Path) -> LocalInstall | None:
     return install
 
 
+def installed(home: Path | None = None) -> LocalInstall | None:
+    """The local Ollama already installed in ``home`` (default: :func:`default_home`), or None.
+
+    Never downloads, compiles or blocks: what a library call may use (SPEC §2); installing is
+    :func:`ensure_installed`'s job (``python -m mellea_actors.local install``, ``make run``).
+    """
+    return _read_marker(home or default_home())
+
+
 _cache: dict[Path, LocalInstall] = {}
 _cache_lock = threading.Lock()
 

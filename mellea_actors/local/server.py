@@ -627,8 +627,11 @@ _embedded: LocalOllama | None = None
 _embedded_lock = threading.Lock()
 
 
-def ensure_embedded_ollama(timeout: float = 120.0) -> LocalOllama:
-    """The process-wide local Ollama, started on first use (install included) and shared.
+def ensure_embedded_ollama(
+    timeout: float = 120.0, *, install: LocalInstall | None = None
+) -> LocalOllama:
+    """The process-wide local Ollama, started on first use (install included, unless
+    ``install`` names an existing one) and shared.
 
     Thread-safe: concurrent callers wait for the one start. If the server died since, a new one
     is started. Stopped at interpreter exit (bounded, never hangs the exit). Blocks: first call
@@ -647,7 +650,7 @@ def ensure_embedded_ollama(timeout: float = 120.0) -> LocalOllama:
             return _embedded
         if _embedded is not None:
             _embedded.stop(timeout=5)
-        server = LocalOllama()
+        server = LocalOllama(install)
         server.start(timeout=_left(deadline, "starting the embedded Ollama"))
         _embedded = server
         return server
