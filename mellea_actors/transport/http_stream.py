@@ -232,7 +232,9 @@ class _Connection(asyncio.Protocol):
             self.closed = True
             sock = transport.get_extra_info("socket")
             if sock is not None:
-                with contextlib.suppress(OSError):
+                # uvloop's socket wrapper (Ray's workers run uvloop) refuses shutdown():
+                # TypeError; its abort() closes the socket at once anyway
+                with contextlib.suppress(OSError, TypeError):
                     sock.shutdown(socket.SHUT_RDWR)
             transport.abort()
 
