@@ -7,7 +7,9 @@ token; both engines read the same streams (``t0 ``, ``t1 ``… at ``1/delay`` to
 session's ``astream()``, and the script prints, side by side: chunks delivered (and out of
 order), the delay from the server's send to the reader (p50, p99), the caller's CPU per chunk,
 the CPU of every process involved (caller, Ray workers and Ray's own daemons; the server is
-listed apart), and the batch size used (deltas per Ray item, from the workers' streams).
+listed apart), the per-stream batch size (deltas per sink ``flush``) and, for Ray, the items
+that crossed: one per channel window, with the entries of every stream of that worker
+(streams and deltas per item).
 Needs Ray (``pip install 'mellea_actors[ray]'``).
 """
 
@@ -70,10 +72,25 @@ def _cpu(pids: list[int]) -> float:
 
 
 _ORIGINAL = ray_transport.RayTransport.stream_chat
+_DISPATCH = ray_transport._Channel.dispatch
+
+
+def _items() -> list[tuple[int, int]]:
+    """Record every Ray item the channels receive: (streams in it, deltas in it)."""
+    items: list[tuple[int, int]] = []
+    original = _DISPATCH
+
+    def counting(self: Any, item: Any) -> None:
+        items.append((len(item), sum(len(entry[1]) for entry in item)))
+        original(self, item)
+
+    ray_transport._Channel.dispatch = counting  # type: ignore[method-assign]
+    return items
 
 
 def _batches() -> list[int]:
-    """Record the size of every batch the caller replays (wraps RayTransport's sink use)."""
+    """Record the size of every per-stream batch the caller replays into a sink (deltas per
+    ``flush``; wraps RayTransport's sink use)."""
     sizes: list[int] = []
     original = _ORIGINAL
 
@@ -105,6 +122,7 @@ def run(engine: str, server: ScriptedOllamaProcess, args: argparse.Namespace) ->
         kwargs["ray_workers"] = 2
     m = start_session(model_id="scripted", base_url=server.base_url, **kwargs)
     sizes = _batches() if engine == "ray" else []
+    items = _items() if engine == "ray" else []
     others = [p for p in _descendants(os.getpid()) if p != server.pid]
 
     async def consume(k: int) -> Arrivals:
@@ -130,6 +148,7 @@ def run(engine: str, server: ScriptedOllamaProcess, args: argparse.Namespace) ->
     m.close()
     if engine == "ray":
         ray_transport.RayTransport.stream_chat = _ORIGINAL  # type: ignore[method-assign]
+        ray_transport._Channel.dispatch = _DISPATCH  # type: ignore[method-assign]
     records = {find_tag(r.messages): r for r in server.requests}
     delays: list[float] = []
     delivered = disorder = 0
@@ -160,6 +179,10 @@ def run(engine: str, server: ScriptedOllamaProcess, args: argparse.Namespace) ->
         "batch_mean": sum(sizes) / len(sizes) if sizes else 1.0,
         "batch_max": max(sizes) if sizes else 1,
         "batches": len(sizes),
+        "ray_items": len(items),
+        "streams_per_item": sum(n for n, _ in items) / len(items) if items else 0.0,
+        "deltas_per_item": sum(d for _, d in items) / len(items) if items else 0.0,
+        "deltas_per_item_max": max((d for _, d in items), default=0),
     }
 
 
@@ -183,7 +206,7 @@ def main() -> None:
     print(
         f"\n{args.streams} streams x {args.tokens} tokens at {1 / args.delay:.0f} tokens/s; "
         f"Ray: 2 workers, window {ray_transport.WINDOW * 1000:.0f} ms / "
-        f"max {ray_transport.MAX_DELTAS} deltas per batch"
+        f"max {ray_transport.MAX_DELTAS} deltas per item (one channel per worker)"
     )
     width = 22
     print(f"{'':{width}}" + "".join(f"{r['engine']:>16}" for r in rows))
@@ -203,6 +226,10 @@ def main() -> None:
         ("batch_mean", "{:.2f}"),
         ("batch_max", "{:.0f}"),
         ("batches", "{:.0f}"),
+        ("ray_items", "{:.0f}"),
+        ("streams_per_item", "{:.1f}"),
+        ("deltas_per_item", "{:.1f}"),
+        ("deltas_per_item_max", "{:.0f}"),
     ]:
         print(f"{key:{width}}" + "".join(f"{fmt.format(r[key]):>16}" for r in rows))
 

@@ -21,15 +21,20 @@ the host pool, the single reader and gated validation work as in the local engin
   disconnects.
 * **Choosing a worker.** Per attempt, the alive worker with the fewest streams in flight; a
   worker that died is avoided until it answers again (``ray_worker_restarted``).
-* **Batches.** Deltas cross Ray in batches (``window`` s after a batch's first delta, or
-  ``max_deltas`` deltas, whichever first; the first read of a stream leaves at once). On the
-  caller's side each batch is replayed into the supervisor's sink — ``add`` per delta, one
-  ``flush`` — so the thunk gets the batch in one message, in order.
+* **Batches.** Each RayTransport opens one channel per worker (a ``pump`` streaming call; see
+  :mod:`~mellea_actors.runtime.ray_worker`) carrying the deltas of all its streams on that
+  worker, per window (``window`` s after an item's first entry, or ``max_deltas`` deltas, or a
+  stream's first delta, whichever first). One reader task per channel, on the session's loop,
+  replays each entry into its stream's sink — ``add`` per delta, one ``flush`` — and completes
+  the stream's ``stream_chat`` with its FINAL / ERROR. (A channel per transport, not per
+  process: each session has its own loop, and the sinks are called on it.) Starts are plain
+  calls, batched per loop iteration.
 * **Cancellation.** Cancelling the task in :meth:`RayTransport.stream_chat` (``thunk.cancel()``,
-  a "fail" verdict, leaving ``async for``, session close) cancels the Ray streaming call
-  (``ray.cancel``, and the worker's ``cancel(stream_id)``): the worker's stream task is
-  cancelled and its socket closed.
-* **A worker's death** (``ray.kill``, a crash, its node lost) is a ``StreamDroppedError``
+  a "fail" verdict, leaving ``async for``, session close) sends the worker ``cancel(stream_id)``
+  (or drops the start if it was not sent yet): the worker's stream task is cancelled and its
+  socket closed. Closing the transport cancels its pumps and waits for its readers.
+* **A worker's death** (``ray.kill``, a crash, its node lost) fails its channels' pumps, so
+  every stream on it sees it: a ``StreamDroppedError``
   (transient): before any delta the supervisor restarts the generation, and this engine sends
   it to another worker; after text it is the reader's error, naming the Ray actor and node.
   Every step is logged to the session's supervision log (``ray_worker_started``,
@@ -53,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mellea_actors.errors import BackendError, InvalidInputError, StreamDroppedError
-from mellea_actors.runtime.ray_worker import ERROR, FINAL, GenerationWorker
+from mellea_actors.runtime.ray_worker import ERROR, FINAL, GenerationWorker, TransportSettings
 from mellea_actors.transport.ollama_http import FinalObject, normalize_host
 
 if TYPE_CHECKING:
@@ -71,14 +76,17 @@ __all__ = [
 
 RAY_NAMESPACE = "mellea_actors"
 WINDOW = 0.01
-"""Seconds a batch may wait after its first delta (the first read of a stream never waits)."""
-MAX_DELTAS = 64
-"""Deltas per batch at most."""
+"""Seconds a channel's item may wait after its first entry (a stream's first delta never
+waits)."""
+MAX_DELTAS = 512
+"""Deltas (and ends) per channel item at most: the item leaves at once when it holds them."""
 MAX_DEFAULT_WORKERS = 2
 
 _log = logging.getLogger(__name__)
 _engine_ids = itertools.count(1)
 _stream_ids = itertools.count(1)
+_transport_ids = itertools.count(1)
+_channel_ids = itertools.count(1)
 
 
 class RayNotInstalledError(InvalidInputError, ImportError):
@@ -366,6 +374,162 @@ def _is_actor_death(exc: BaseException) -> bool:
     return isinstance(exc, rx.RayActorError | rx.ActorUnavailableError | rx.WorkerCrashedError)
 
 
+class _Listener:
+    """One stream as its channel's reader sees it: the supervisor's sink, the future
+    ``stream_chat`` awaits, and how many deltas went to the sink."""
+
+    __slots__ = ("delivered", "future", "sink")
+
+    def __init__(self, sink: DeltaSink, future: asyncio.Future[FinalObject]) -> None:
+        self.sink = sink
+        self.future = future
+        self.delivered = 0
+
+
+class _Channel:
+    """The channel of one :class:`RayTransport` to one worker (the session's loop only): the
+    worker's ``pump`` streaming call and the single reader task that dispatches each of its
+    items' entries to the streams' sinks (module docstring, "Batches")."""
+
+    def __init__(self, worker: _Worker, caller_id: str, window: float, max_deltas: int) -> None:
+        self.worker = worker
+        self.caller_id = caller_id
+        self.streams: dict[str, _Listener] = {}
+        self.items = 0  # Ray items received
+        self.closed = False
+        self._window = window
+        self._max_deltas = max_deltas
+        self._loop = asyncio.get_running_loop()
+        self._starts: list[tuple[str, str, TransportSettings, GenerationRequest]] = []
+        self._started: asyncio.Future[bool] | None = None
+        self._generator: Any = worker.handle.pump.options(num_returns="streaming").remote(
+            caller_id, window, max_deltas
+        )
+        self._task = asyncio.get_running_loop().create_task(
+            self._read(), name=f"ray-channel-{caller_id}"
+        )
+
+    async def _read(self) -> None:
+        failure: BaseException = StreamDroppedError(
+            f"the channel to {self.worker.describe()} was closed"
+        )
+        try:
+            async for ref in self._generator:
+                self.dispatch(await ref)
+            failure = StreamDroppedError(
+                f"the channel to {self.worker.describe()} ended (the worker closed)"
+            )
+        except Exception as exc:  # the worker died (or Ray failed): every stream on it sees it
+            failure = exc
+        finally:
+            self.closed = True
+            streams, self.streams = self.streams, {}
+            for listener in streams.values():
+                if not listener.future.done():
+                    listener.future.set_exception(failure)
+
+    def start(
+        self, stream_id: str, host: str, settings: TransportSettings, request: GenerationRequest
+    ) -> asyncio.Future[bool]:
+        """Start a stream on the worker: the starts of one loop iteration go in one call."""
+        if self._started is None:
+            self._started = self._loop.create_future()
+            self._started.add_done_callback(_retrieve)
+            self._loop.call_soon(self._send_starts)
+        self._starts.append((stream_id, host, settings, request))
+        return self._started
+
+    def unstart(self, stream_id: str) -> bool:
+        """Drop a start not sent yet (its stream was cancelled meanwhile); False if sent."""
+        for n, start in enumerate(self._starts):
+            if start[0] == stream_id:
+                del self._starts[n]
+                return True
+        return False
+
+    def _send_starts(self) -> None:
+        starts, self._starts = self._starts, []
+        future, self._started = self._started, None
+        assert future is not None
+        if not starts:
+            future.set_result(True)
+            return
+        try:
+            ref = self.worker.handle.start.remote(
+                self.caller_id, starts, self._window, self._max_deltas
+            )
+        except Exception as exc:
+            future.set_exception(exc)
+            return
+        self._loop.create_task(_resolve(ref, future))
+
+    def dispatch(self, item: tuple[tuple[Any, ...], ...]) -> None:
+        """Replay one item: per entry, ``add`` per delta and one ``flush`` into its stream's
+        sink, then its end (in order: the last deltas reach the thunk before the end)."""
+        self.items += 1
+        streams = self.streams
+        for stream_id, contents, thinking, end in item:
+            listener = streams.get(stream_id)
+            if listener is None:  # cancelled meanwhile
+                continue
+            try:
+                if contents:
+                    sink = listener.sink
+                    if thinking is None:
+                        for content in contents:
+                            sink.add(content, "")
+                    else:
+                        for content, think in zip(contents, thinking, strict=True):
+                            sink.add(content, think)
+                    listener.delivered += len(contents)
+                    sink.flush()
+            except Exception as exc:  # the sink failed: that stream ends with its error
+                del streams[stream_id]
+                with contextlib.suppress(Exception):
+                    self.worker.handle.cancel.remote(stream_id)
+                if not listener.future.done():
+                    listener.future.set_exception(exc)
+                continue
+            if end is None:
+                continue
+            del streams[stream_id]
+            if listener.future.done():
+                continue
+            if end[0] == FINAL:
+                listener.future.set_result(FinalObject(end[1], end[2], end[3], end[4]))
+            else:
+                listener.future.set_exception(end[1])
+
+    @property
+    def reader(self) -> asyncio.Task[None]:
+        return self._task
+
+    def close(self) -> None:
+        """Stop the pump (the worker cancels this channel's streams) and the reader."""
+        self.closed = True
+        with contextlib.suppress(Exception):
+            ray_module().cancel(self._generator)
+        self._task.cancel()
+
+    def forget(self) -> None:
+        """Drop the Ray streaming call (after the reader ended)."""
+        self._generator = None
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: the streams that awaited it may all have left
+
+
+async def _resolve(ref: Any, future: asyncio.Future[bool]) -> None:
+    try:
+        result = await ref
+    except Exception as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(bool(result))
+
+
 class RayTransport:
     """The ``ChatTransport`` of one Ollama host, through the engine's workers (the session's
     actor loop only; see the module docstring)."""
@@ -391,9 +555,19 @@ class RayTransport:
         self._died_under: dict[str, set[_Worker]] = {}
         """Request id -> the workers that died during one of its attempts (its retry goes
         elsewhere); dropped when an attempt ends otherwise."""
+        self._id = next(_transport_ids)
+        self._channels: dict[_Worker, _Channel] = {}
+        """Worker -> this transport's channel to it (opened by the first stream on it)."""
+
+    def _channel(self, worker: _Worker) -> _Channel:
+        channel = self._channels.get(worker)
+        if channel is None or channel.closed:
+            caller_id = f"{self.engine.id}-t{self._id}-{next(_channel_ids)}"
+            channel = _Channel(worker, caller_id, self.window, self.max_deltas)
+            self._channels[worker] = channel
+        return channel
 
     async def stream_chat(self, request: GenerationRequest, sink: DeltaSink) -> FinalObject:
-        ray = ray_module()
         rid = request.request_id
         worker = self.engine._choose(self._died_under.get(rid))
         stream_id = f"{request.request_id}-{next(_stream_ids)}"
@@ -406,48 +580,37 @@ class RayTransport:
             node_id=worker.node_id,
             host=self.host,
         )
-        delivered = 0
-        generator = None
+        listener: _Listener | None = None
         died = False
+        channel: _Channel | None = None
         try:
-            generator = worker.handle.stream.options(num_returns="streaming").remote(
-                stream_id, self.host, self._settings, request, self.window, self.max_deltas
+            channel = self._channel(worker)
+            listener = _Listener(sink, asyncio.get_running_loop().create_future())
+            channel.streams[stream_id] = listener  # before start: its first item may be near
+            started = await asyncio.shield(
+                channel.start(stream_id, self.host, self._settings, request)
             )
-            async for ref in generator:
-                item = await ref
-                kind, contents, thinking = item[0], item[1], item[2]
-                if contents:
-                    if thinking is None:
-                        for content in contents:
-                            sink.add(content, "")
-                    else:
-                        for content, think in zip(contents, thinking, strict=True):
-                            sink.add(content, think)
-                    delivered += len(contents)
-                    sink.flush()
-                if kind == FINAL:
-                    return FinalObject(item[3], item[4], item[5], item[6])
-                if kind == ERROR:
-                    error: BaseException = item[3]
-                    raise error
-            raise StreamDroppedError(
-                f"the stream from {worker.describe()} ended without Ollama's final object",
-                host=self.host,
-                model=request.model,
-            )
+            if not started and not listener.future.done():
+                raise StreamDroppedError(
+                    f"the channel to {worker.describe()} closed before the stream started",
+                    host=self.host,
+                    model=request.model,
+                )
+            return await listener.future
         except asyncio.CancelledError:
-            if generator is not None:
+            if channel is None or not channel.unstart(stream_id):
                 with contextlib.suppress(Exception):
-                    ray.cancel(generator)
-                with contextlib.suppress(Exception):
-                    worker.handle.cancel.remote(stream_id)
+                    worker.handle.cancel.remote(stream_id)  # the worker closes the socket now
             raise
         except BackendError:
             raise
         except Exception as exc:
             died = _is_actor_death(exc)
+            delivered = 0 if listener is None else listener.delivered
             raise self._translate(exc, worker, request, delivered) from exc
         finally:
+            if channel is not None:
+                channel.streams.pop(stream_id, None)
             self.engine._done(worker)
             if not died:
                 self._died_under.pop(rid, None)  # this attempt did not die: no retry follows
@@ -513,4 +676,13 @@ class RayTransport:
         return result
 
     async def aclose(self) -> None:
-        """Nothing to close here: the connections live in the workers (closed with them)."""
+        """Close the channels (each worker cancels their streams); the connections live in the
+        workers (closed with them)."""
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            channel.close()
+        readers = [channel.reader for channel in channels if not channel.reader.done()]
+        if readers:  # ended before Ray may disconnect (a live stream call at shutdown crashes)
+            await asyncio.wait(readers, timeout=2)
+        for channel in channels:
+            channel.forget()

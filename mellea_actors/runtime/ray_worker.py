@@ -13,28 +13,29 @@ reader, stream actors, validators and chunkers. The caller reaches a worker thro
 have to call back into the caller's process for every thunk, validator and reader message;
 keeping it with them costs one Ray stream per generation and nothing per message.)
 
-One worker method per ``ChatTransport`` method:
+Streams cross Ray in **channels**, batched across streams (a Ray item costs ~30 pykka hops; one
+per token would cap the caller near 2,000 deltas/s, and per-stream batches of paced streams hold
+~1 delta):
 
-* :meth:`GenerationWorker.stream` — a Ray *streaming generator* (``num_returns="streaming"``).
-  It runs ``stream_chat`` in a task whose sink collects the deltas, and yields them in
-  **batches**: a batch leaves ``window`` seconds after its first delta or as soon as it holds
-  ``max_deltas`` deltas, whichever comes first (a Ray item costs ~30 pykka hops; one per
-  token would cap a stream near 2,000 deltas/s). Items, in order::
+* :meth:`GenerationWorker.pump` — one long-running Ray *streaming generator*
+  (``num_returns="streaming"``) per caller channel (a caller's ``RayTransport`` and this
+  worker). The worker keeps, per caller, an outbox of entries; an item leaves ``window``
+  seconds after its first entry, or at once when it holds ``max_deltas`` deltas or a stream's
+  first delta (no window on time to first chunk). An item is a tuple of entries, one per stream
+  with news, in order of arrival::
 
-      (BATCH, contents, thinkings)     contents: tuple[str, ...]; thinkings: same length or None
-      (FINAL, contents, thinkings, done_reason, prompt_eval_count, eval_count, total_duration)
-      (ERROR, contents, thinkings, exception)   a mellea_actors.errors instance (pickles with
-                                       its fields)
+      (stream_id, contents, thinkings, end)   contents: tuple[str, ...]; thinkings: same
+                                              length or None; end: None, or
+      (FINAL, done_reason, prompt_eval_count, eval_count, total_duration)
+      (ERROR, exception)                      a mellea_actors.errors instance (pickles with
+                                              its fields)
 
-  The last item is FINAL or ERROR and carries the deltas not sent yet, so that the last
-  deltas and the end reach the thunk together, as in the in-process engine (where the last
-  network read holds both).
-
-  Cancelling the call (``ray.cancel`` of the generator, which raises ``CancelledError`` in this
-  async generator) cancels the stream task, which closes the HTTP connection at once: Ollama
-  sees the disconnect. :meth:`GenerationWorker.cancel` does the same by stream id (a second
-  path, used together with ``ray.cancel`` so the socket closes even if Ray delivers the
-  cancel late).
+  A stream's end travels with its last deltas. Cancelling the pump (``ray.cancel``) cancels
+  every stream of that caller.
+* :meth:`GenerationWorker.start` — a plain call: ``(stream_id, host, settings, request)``
+  starts, several per call (the caller sends the starts of one loop iteration together).
+* :meth:`GenerationWorker.cancel` — a plain call: cancels one stream's task, which closes its
+  HTTP connection at once (Ollama sees the disconnect); a cancelled stream sends no end.
 * :meth:`GenerationWorker.list_models`, :meth:`GenerationWorker.version` — ``(OK, value)`` or
   ``(ERROR, exception)``.
 
@@ -69,54 +70,83 @@ TransportSettings = tuple[float, int | None, float | None]
 """``(connect_timeout, max_in_flight, queue_timeout)`` of the caller's session."""
 
 
-class _BatchSink:
-    """The worker-side ``DeltaSink``: collects deltas; wakes the generator when a batch is due
-    (worker loop only)."""
+class _Outbox:
+    """The entries waiting for one caller's :meth:`GenerationWorker.pump` (worker loop only):
+    per stream, in first-arrival order, its deltas since the last item and its end, if any."""
 
-    __slots__ = (
-        "_first",
-        "_loop",
-        "_max",
-        "_timer",
-        "_window",
-        "contents",
-        "thinking",
-        "wake",
-    )
+    __slots__ = ("_loop", "_max", "_timer", "_window", "closed", "count", "entries", "wake")
 
     def __init__(self, window: float, max_deltas: int) -> None:
         self._loop = asyncio.get_running_loop()
         self._window = window
         self._max = max_deltas
         self._timer: asyncio.TimerHandle | None = None
-        self._first = True  # the first read leaves at once: no window on time to first chunk
-        self.contents: list[str] = []
-        self.thinking: list[str] | None = None
+        self.entries: dict[str, list[Any]] = {}  # stream id -> [contents, thinking, end]
+        self.count = 0  # deltas and ends waiting
+        self.closed = False
         self.wake = asyncio.Event()
 
-    def add(self, content: str, thinking: str) -> None:
-        if thinking and self.thinking is None:
-            self.thinking = [""] * len(self.contents)
-        self.contents.append(content)
-        if self.thinking is not None:
-            self.thinking.append(thinking)
-        if len(self.contents) == 1 and self._window > 0:
+    def _entry(self, stream_id: str) -> list[Any]:
+        entry = self.entries.get(stream_id)
+        if entry is None:
+            entry = self.entries[stream_id] = [[], None, None]
+        return entry
+
+    def _due(self, now: bool) -> None:
+        self.count += 1
+        if now or self.count >= self._max or self._window <= 0:
+            self.wake.set()
+        elif self._timer is None:
             self._timer = self._loop.call_later(self._window, self.wake.set)
 
-    def flush(self) -> None:
-        if self._first or len(self.contents) >= self._max or self._window <= 0:
-            self._first = False
-            self.wake.set()
+    def add(self, stream_id: str, content: str, thinking: str, first: bool) -> None:
+        entry = self._entry(stream_id)
+        contents: list[str] = entry[0]
+        if thinking and entry[1] is None:
+            entry[1] = [""] * len(contents)
+        contents.append(content)
+        if entry[1] is not None:
+            entry[1].append(thinking)
+        self._due(first)  # a stream's first delta leaves at once: no window on time to first
 
-    def take(self) -> tuple[int, tuple[str, ...], tuple[str, ...] | None]:
+    def end(self, stream_id: str, end: tuple[Any, ...]) -> None:
+        self._entry(stream_id)[2] = end
+        self._due(False)
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake.set()
+
+    def take(self) -> tuple[tuple[Any, ...], ...]:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self.wake.clear()
-        contents, thinking = tuple(self.contents), self.thinking
-        self.contents.clear()
-        self.thinking = None
-        return (BATCH, contents, None if thinking is None else tuple(thinking))
+        item = tuple(
+            (sid, tuple(c), None if t is None else tuple(t), end)
+            for sid, (c, t, end) in self.entries.items()
+        )
+        self.entries.clear()
+        self.count = 0
+        return item
+
+
+class _StreamSink:
+    """The worker-side ``DeltaSink`` of one stream: its deltas go to its caller's outbox."""
+
+    __slots__ = ("_box", "_first", "_id")
+
+    def __init__(self, box: _Outbox, stream_id: str) -> None:
+        self._box = box
+        self._id = stream_id
+        self._first = True
+
+    def add(self, content: str, thinking: str) -> None:
+        self._box.add(self._id, content, thinking, self._first)
+        self._first = False
+
+    def flush(self) -> None:
+        """Batches are per caller and per window (the outbox's), not per network read."""
 
 
 class GenerationWorker:
@@ -126,7 +156,9 @@ class GenerationWorker:
     def __init__(self, name: str) -> None:
         self.name = name
         self._transports: dict[tuple[str, TransportSettings], OllamaTransport] = {}
-        self._streams: dict[str, asyncio.Task[FinalObject]] = {}
+        self._streams: dict[str, tuple[str, asyncio.Task[FinalObject]]] = {}
+        self._boxes: dict[str, _Outbox] = {}
+        self._gone: set[str] = set()  # callers whose pump ended: their late starts are refused
         self._started_at = time.time()
 
     def where(self) -> dict[str, Any]:
@@ -141,6 +173,7 @@ class GenerationWorker:
             "pid": os.getpid(),
             "started_at": self._started_at,
             "streams": len(self._streams),
+            "callers": len(self._boxes),
         }
 
     def _transport(self, host: str, settings: TransportSettings) -> OllamaTransport:
@@ -157,57 +190,92 @@ class GenerationWorker:
             self._transports[key] = transport
         return transport
 
-    async def stream(
+    def _box(self, caller_id: str, window: float, max_deltas: int) -> _Outbox:
+        box = self._boxes.get(caller_id)
+        if box is None:
+            box = self._boxes[caller_id] = _Outbox(window, max_deltas)
+        return box
+
+    async def pump(
+        self, caller_id: str, window: float, max_deltas: int
+    ) -> AsyncIterator[tuple[tuple[Any, ...], ...]]:
+        """The caller's channel: one item per window with every stream's entries (module
+        docstring), until the caller cancels it or the worker closes."""
+        box = self._box(caller_id, window, max_deltas)
+        try:
+            while not box.closed:
+                await box.wake.wait()
+                if box.entries:
+                    yield box.take()
+                else:
+                    box.wake.clear()
+        finally:  # also on CancelledError / GeneratorExit (ray.cancel): the caller left
+            if self._boxes.get(caller_id) is box:
+                del self._boxes[caller_id]
+            if len(self._gone) > 10_000:
+                self._gone.clear()
+            self._gone.add(caller_id)
+            for stream_id, (owner, task) in list(self._streams.items()):
+                if owner == caller_id:
+                    self._streams.pop(stream_id, None)
+                    task.cancel()
+
+    async def start(
         self,
+        caller_id: str,
+        starts: list[tuple[str, str, TransportSettings, GenerationRequest]],
+        window: float,
+        max_deltas: int,
+    ) -> bool:
+        """Start chats, each ``(stream_id, host, settings, request)``; their deltas and ends go
+        out through the caller's pump. False if that caller's channel is closed already."""
+        if caller_id in self._gone:
+            return False
+        box = self._box(caller_id, window, max_deltas)
+        for stream_id, host, settings, request in starts:
+            self._start(box, caller_id, stream_id, host, settings, request)
+        return True
+
+    def _start(
+        self,
+        box: _Outbox,
+        caller_id: str,
         stream_id: str,
         host: str,
         settings: TransportSettings,
         request: GenerationRequest,
-        window: float,
-        max_deltas: int,
-    ) -> AsyncIterator[tuple[Any, ...]]:
-        """Stream one chat as batches of deltas, then a FINAL or ERROR item (module docstring)."""
-        sink = _BatchSink(window, max_deltas)
-        transport = self._transport(host, settings)
-        task = asyncio.ensure_future(transport.stream_chat(request, sink))
-        task.add_done_callback(lambda _: sink.wake.set())
-        self._streams[stream_id] = task
-        try:
-            while True:
-                await sink.wake.wait()
-                if task.done():
-                    break  # what is left goes with the FINAL / ERROR item
-                if sink.contents:
-                    yield sink.take()
-                else:
-                    sink.wake.clear()
-            _, contents, thinking = sink.take()
+    ) -> None:
+        task = asyncio.ensure_future(
+            self._transport(host, settings).stream_chat(request, _StreamSink(box, stream_id))
+        )
+        self._streams[stream_id] = (caller_id, task)
+
+        def ended(task: asyncio.Task[FinalObject]) -> None:
+            if self._streams.get(stream_id, (None, None))[1] is task:
+                del self._streams[stream_id]
             if task.cancelled():  # by cancel(stream_id): the caller stopped listening
                 return
             error = task.exception()
             if error is None:
                 final = task.result()
-                yield (
-                    FINAL,
-                    contents,
-                    thinking,
-                    final.done_reason,
-                    final.prompt_eval_count,
-                    final.eval_count,
-                    final.total_duration,
+                box.end(
+                    stream_id,
+                    (
+                        FINAL,
+                        final.done_reason,
+                        final.prompt_eval_count,
+                        final.eval_count,
+                        final.total_duration,
+                    ),
                 )
             else:
-                yield (ERROR, contents, thinking, _portable(error, host, request.model))
-        finally:  # also on CancelledError / GeneratorExit (ray.cancel): close the socket now
-            self._streams.pop(stream_id, None)
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+                box.end(stream_id, (ERROR, _portable(error, host, request.model)))
 
-    def cancel(self, stream_id: str) -> bool:
+        task.add_done_callback(ended)
+
+    async def cancel(self, stream_id: str) -> bool:
         """Stop one stream now (its HTTP connection closes); False if it already ended."""
-        task = self._streams.get(stream_id)
+        _, task = self._streams.pop(stream_id, (None, None))
         if task is None or task.done():
             return False
         task.cancel()
@@ -230,9 +298,12 @@ class GenerationWorker:
             return (ERROR, _portable(exc, host, None))
 
     async def close(self) -> None:
-        """Close every connection pool (before the actor is killed)."""
-        for task in list(self._streams.values()):
+        """Close every stream, channel and connection pool (before the actor is killed)."""
+        for _, task in list(self._streams.values()):
             task.cancel()
+        self._streams.clear()
+        for box in list(self._boxes.values()):
+            box.close()
         for transport in list(self._transports.values()):
             with contextlib.suppress(Exception):
                 await transport.aclose()
