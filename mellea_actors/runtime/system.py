@@ -168,6 +168,11 @@ class ActorSystem:
             except BaseException:
                 self.close()
                 raise
+            # ray.init registered Ray's own exit hook; ours must run before it (atexit is
+            # LIFO), or closing a forgotten session at exit touches a Ray already shut down
+            # (the process then dies of SIGSEGV after its work is done)
+            atexit.unregister(_close_all_at_exit)
+            atexit.register(_close_all_at_exit)
 
     def _start_generation_supervisor(
         self, parent: pykka.ActorRef[Any]
