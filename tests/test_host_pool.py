@@ -304,7 +304,9 @@ def test_300_generations_through_three_faulty_hosts(servers: list[ScriptedOllama
         refusing.refuse_connections(None)
         mots += [m.submit(f"gen-{i}") for i in range(100, 200)]
         restarted.stop()
-        m.system.log.wait_for("breaker_opened", count=1, timeout=10)
+        # the faults are seen before they end (a breaker may or may not open meanwhile: that
+        # depends on how many attempts the routing sends to a failing host in a row)
+        m.system.log.wait_for("failover", count=1, timeout=10)
         refusing.refuse_connections(0)
         back = ScriptedOllama(paced, models=(SCRIPTED_MODEL,), port=port).start()
         servers[2] = back
