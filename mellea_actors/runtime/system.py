@@ -399,24 +399,17 @@ class ActorSystem:
 
     def _transport_for(self, host: str) -> OllamaTransport | RayTransport:
         transport = self._transports.get(host)
-        if transport is None and self.ray is not None:
-            transport = RayTransport(
-                host,
-                self.ray,
-                log=self.log,
-                connect_timeout=self._connect_timeout,
-                max_in_flight=self._max_in_flight,
-                queue_timeout=self._queue_timeout,
+        if transport is None:
+            settings: dict[str, Any] = {
+                "connect_timeout": self._connect_timeout,
+                "max_in_flight": self._max_in_flight,
+                "queue_timeout": self._queue_timeout,
+            }
+            transport = self._transports[host] = (
+                OllamaTransport(host, **settings)
+                if self.ray is None
+                else RayTransport(host, self.ray, log=self.log, **settings)
             )
-            self._transports[host] = transport
-        elif transport is None:
-            transport = OllamaTransport(
-                host,
-                connect_timeout=self._connect_timeout,
-                max_in_flight=self._max_in_flight,
-                queue_timeout=self._queue_timeout,
-            )
-            self._transports[host] = transport
         return transport
 
     async def check_host(self, host: str, timeout: float = 5.0) -> list[str]:
