@@ -35,7 +35,7 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Mapping
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 import httptools
 
@@ -274,17 +274,17 @@ class ConnectionPool:
         self._busy: set[_Connection] = set()
         self._closed = False
 
-    def request_head(self, path: str, headers: Mapping[str, str], length: int) -> bytes:
-        """The request line and headers of a POST with a body of ``length`` bytes."""
+    def request_head(self, path: str, headers: Mapping[str, str]) -> bytes:
+        """The request line and headers of a POST to ``path``, up to (not with) the
+        ``Content-Length`` line that ends them: the same for every request of one caller."""
         host = self._host if ":" not in self._host else f"[{self._host}]"
         lines = [f"POST {path} HTTP/1.1", f"Host: {host}:{self._port}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
-        lines.append(f"Content-Length: {length}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
     async def stream_post(self, request: bytes, reader: BodyReader) -> None:
-        """Send one request (:meth:`request_head`, then the body) and feed its answer to
-        ``reader``; see the module docstring for how it ends."""
+        """Send one request (:meth:`request_head`, its ``Content-Length``, the body) and feed
+        its answer to ``reader``; see the module docstring for how it ends."""
         for attempt in (1, 2):
             conn, reused = await self._checkout()
             try:
@@ -342,6 +342,3 @@ class ConnectionPool:
         for conn in [*self._idle, *self._busy]:
             conn.abort()
         self._idle.clear()
-
-    def stats(self) -> dict[str, Any]:
-        return {"idle": len(self._idle), "busy": len(self._busy)}

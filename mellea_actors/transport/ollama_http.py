@@ -1,37 +1,39 @@
-"""The Ollama transport: streamed ``/api/chat`` over httpx, errors mapped once, here.
+"""The Ollama transport: streamed ``/api/chat``, errors mapped once, here.
 
 One :class:`OllamaTransport` per Ollama host. It must be used from a single event loop (the
-runtime's actor loop): the underlying ``httpx.AsyncClient`` pool is bound to it.
+runtime's actor loop): its connections are bound to it.
 
-The ``ollama.AsyncClient`` provides the HTTP client (its headers and host handling) and the
-management calls (``/api/tags``); the chat stream itself is read here, as NDJSON split on
-``\n`` only. (The client's own reader splits with ``str.splitlines()``, which also breaks at
-U+0085, U+2028 and U+2029 — characters Ollama writes raw inside JSON strings — and then loses
-the rest of the stream to a ``JSONDecodeError``.) Only the fields the runtime needs are read
-from each object: no pydantic model per delta.
+The chat stream goes through the transport's own HTTP/1.1 client
+(:mod:`~mellea_actors.transport.http_stream`: an asyncio protocol parsed by httptools, a
+keep-alive pool) and is read here as NDJSON split on ``\n`` only. (The ``ollama`` client's own
+reader splits with ``str.splitlines()``, which also breaks at U+0085, U+2028 and U+2029 —
+characters Ollama writes raw inside JSON strings — and then loses the rest of the stream to a
+``JSONDecodeError``.) Only the fields the runtime needs are read from each object, with orjson:
+no pydantic model per delta. The ``ollama.AsyncClient`` provides the request headers and the
+management calls (``/api/tags``, ``/api/version``). How many requests the host gets at once is
+:mod:`~mellea_actors.transport.admission`'s job.
 
-Cancellation: cancelling the task that awaits :meth:`OllamaTransport.stream_chat` closes the
-HTTP connection at once (httpx never returns a half-read response to its pool), even while Ollama
-is silent; Ollama stops generating when it sees the disconnect. The stream timeout is a watchdog
-that cancels the same way and is reported as :class:`StreamTimeoutError`.
+Cancellation: cancelling the task that awaits :meth:`OllamaTransport.stream_chat` aborts the
+socket at once, in any phase, even while Ollama is silent; Ollama stops generating when it sees
+the disconnect. The stream timeout is a watchdog that cancels the same way and is reported as
+:class:`StreamTimeoutError`.
 
 Errors (the original is kept as ``__cause__``):
 
 =================================================  =======================================
-what the ``ollama`` client / httpx raised           what we raise
+what the connection / the ``ollama`` client raised  what we raise
 =================================================  =======================================
-``httpx.ConnectError``, ``ConnectTimeout``,         :class:`BackendUnavailableError` (names host)
-builtin ``ConnectionError``
-``ResponseError`` 404 "model … not found"           :class:`ModelNotFoundError` (names model, host)
-``ResponseError`` other status                      :class:`BackendResponseError` (status_code)
-``ResponseError`` status -1 (error line mid-stream) :class:`BackendResponseError` (status_code=-1)
-``httpx.RemoteProtocolError``, ``ReadError``, end   :class:`StreamDroppedError`
-of stream without the final ``done`` object
-a 200 answer that is not NDJSON objects             :class:`ProtocolMismatchError` (first bytes)
+refused or unreachable host (``OSError``,           :class:`BackendUnavailableError` (names host)
+``httpx.ConnectError``, ``ConnectTimeout``)
+HTTP 404 "model … not found"                        :class:`ModelNotFoundError` (names model, host)
+HTTP error of another status                        :class:`BackendResponseError` (status_code)
+an ``{"error": …}`` line mid-stream                 :class:`BackendResponseError` (status_code=-1)
+the connection ended, broke or was reset before     :class:`StreamDroppedError`
+the final ``done`` object
+a 200 answer that is not NDJSON objects, or no HTTP :class:`ProtocolMismatchError` (first bytes)
 no delta for ``stream_timeout`` seconds             :class:`StreamTimeoutError`
 =================================================  =======================================
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -411,8 +413,7 @@ class OllamaTransport:
         self._client: ollama.AsyncClient | None = None
         self._admission: Admission | None = None
         self._pool: ConnectionPool | None = None
-        self._chat_path = "/api/chat"
-        self._headers: dict[str, str] = {}
+        self._head = b""  # the request line and headers but Content-Length (see _ensure_pool)
 
     def _ensure_client(self) -> ollama.AsyncClient:
         if self._client is None:
@@ -422,7 +423,6 @@ class OllamaTransport:
                 # management calls only (tags, version): the chat streams use their own pool
                 limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
             )
-            self._admission = Admission(asyncio.get_running_loop(), self._max_in_flight)
         return self._client
 
     def _ensure_pool(self) -> ConnectionPool:
@@ -435,12 +435,14 @@ class OllamaTransport:
                 port=url.port or (443 if url.scheme == "https" else 80),
                 connect_timeout=self._connect_timeout,
             )
-            self._chat_path = url.path.rstrip("/") + "/api/chat"
+            self._admission = Admission(asyncio.get_running_loop(), self._max_in_flight)
             headers = http_client_of(self._ensure_client()).headers
-            # the client's own headers (user agent, auth), minus what we do not speak
-            self._headers = {
-                k: v for k, v in headers.items() if k not in ("accept-encoding", "connection")
-            }
+            # the client's own headers (user agent, auth), minus what we do not speak; the same
+            # for every request, so the head is built once
+            self._head = self._pool.request_head(
+                url.path.rstrip("/") + "/api/chat",
+                {k: v for k, v in headers.items() if k not in ("accept-encoding", "connection")},
+            )
         return self._pool
 
     async def stream_chat(self, request: GenerationRequest, sink: DeltaSink) -> FinalObject:
@@ -455,7 +457,7 @@ class OllamaTransport:
         admission = self._admission
         assert admission is not None
         body = orjson.dumps(_chat_body(request))  # orjson's buffer is 4 KB: keep only the
-        message = pool.request_head(self._chat_path, self._headers, len(body)) + body  # copy
+        message = b"%sContent-Length: %d\r\n\r\n%s" % (self._head, len(body), body)  # copy
         del body
         decoder = _NdjsonDecoder(self.host, request.model, sink)
         timeout = request.stream_timeout
