@@ -283,3 +283,14 @@ def test_tell_here_never_nests_handlers_of_one_actor(actor_loop: ActorLoop) -> N
     assert actor.order == ["outer", "inner", "sync"]
     assert actor.deepest == 1
     ref.stop()
+
+
+def test_actor_stopped_can_be_waited_for_like_pykkas_event(actor_loop: ActorLoop) -> None:
+    ref = Echo.start(actor_loop)
+    assert ref.actor_stopped.wait(0.01) is False  # still alive: the wait times out
+    stopped = threading.Event()
+    waiter = threading.Thread(target=lambda: ref.actor_stopped.wait(5.0) and stopped.set())
+    waiter.start()
+    ref.stop()
+    waiter.join(5.0)
+    assert stopped.is_set() and ref.actor_stopped.wait(0) is True

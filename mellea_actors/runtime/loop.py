@@ -43,7 +43,6 @@ import contextlib
 import itertools
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -379,26 +378,36 @@ def _next_urn() -> str:
 class _StoppedFlag:
     """``actor_stopped``: what pykka uses of its ``threading.Event`` (``set``/``is_set``),
     without a lock per actor. Set once, on the loop thread; read from any thread (a bool
-    assignment is atomic). ``wait`` (rarely used) polls."""
+    assignment is atomic). A ``threading.Event`` is made only for a ``wait`` (rarely used):
+    ``wait`` publishes it before it reads the flag and ``set`` sets the flag before it reads
+    the event, so one of the two always sees the other."""
 
-    __slots__ = ("_set",)
+    __slots__ = ("_event", "_set")
 
     def __init__(self) -> None:
         self._set = False
+        self._event: threading.Event | None = None
 
     def set(self) -> None:
         self._set = True
+        event = self._event
+        if event is not None:
+            event.set()
 
     def is_set(self) -> bool:
         return self._set
 
     def wait(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._set:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
+        if self._event is None:
+            with _flag_events_lock:
+                if self._event is None:
+                    self._event = threading.Event()
+        if self._set:
+            return True
+        return self._event.wait(timeout)
+
+
+_flag_events_lock = threading.Lock()
 
 
 def tell_here(ref: pykka.ActorRef[Any], message: Any) -> None:
