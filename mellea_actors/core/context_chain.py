@@ -47,19 +47,10 @@ class ContextTurn:
     output: ModelOutputThunk | None
 
 
-_ITEM_TYPES: set[type] = set()
-"""Types already seen to be context items (an isinstance check against the Component
-protocol costs tens of microseconds; every request adds two items)."""
-
-
 def _check_item(data: object) -> None:
-    if type(data) in _ITEM_TYPES:
-        return
     if data is None:
         raise InvalidInputError("cannot add None to a context")
-    if isinstance(data, CBlock) or is_model_output_thunk(data) or is_component(data):
-        _ITEM_TYPES.add(type(data))
-    else:
+    if not (isinstance(data, CBlock) or is_model_output_thunk(data) or is_component(data)):
         hint = " (wrap text in a CBlock or a Message)" if isinstance(data, str) else ""
         raise InvalidInputError(
             "a context holds CBlocks, Components and ModelOutputThunks, "
