@@ -218,6 +218,7 @@ class ActorSystem:
         )
         ref = actor.actor_ref
         self._thunks[request.request_id] = (cell, ref)
+        self.log.capture_context(request.request_id)  # the caller's structlog contextvars
         # one thread crossing for both: the thunk actor's start, then the supervisor's message
         # (whatever is sent to the thunk after this line is handled after its on_start)
         self.loop.call_soon(_begin_generation, actor, supervisor, StartGeneration(request, ref))
