@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import tracemalloc
 import weakref
@@ -57,3 +58,31 @@ def test_five_thousand_requests_keep_memory_flat() -> None:
         server.stop()
     per_request = (after - before) / 2800
     assert per_request < 300, f"memory grew {per_request:.0f} bytes per request"
+
+
+def _generator_tasks(m: MelleaSession) -> int:
+    """Generator tasks alive on the session's runtime loop (counted on that loop)."""
+
+    async def count() -> int:
+        return sum(t.get_name().startswith("generator-") for t in asyncio.all_tasks())
+
+    loop = m.system.loop.loop
+    return asyncio.run_coroutine_threadsafe(count(), loop).result(WAIT)
+
+
+def test_a_generation_waiting_for_a_slot_holds_no_task(scripted: ScriptedOllama) -> None:
+    """Regression (memory of pending thunks): every generation ran a task from its start, so
+    one waiting for a slot held a task, four coroutines, a future and a timer (about 3 KB);
+    it now waits as one admission ticket, and its task starts when the slot frees."""
+    scripted.set_script(Script(tokens=("a ", "b"), first_delay=0.3))
+    with start_session(model_id=SCRIPTED_MODEL, base_url=scripted.base_url, max_in_flight=2) as m:
+        thunks = [m.submit(f"request {k}") for k in range(40)]
+        scripted.wait_for_requests(2, WAIT)
+        assert _generator_tasks(m) == 2  # the 38 others wait without one
+        thunks[10].cancel_sync(timeout=WAIT)  # leaves the queue: never sent
+        for k, thunk in enumerate(thunks):
+            if k != 10:
+                assert thunk.wait(WAIT) == "a b"
+        assert thunks[10].cancelled
+        assert len(scripted.requests) == 39
+        assert _generator_tasks(m) == 0

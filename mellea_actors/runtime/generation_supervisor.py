@@ -10,6 +10,11 @@ Ollama through the transport and tells the thunk actor every chunk. The supervis
   :class:`RestartPolicy`: transient failures before any chunk are restarted after a backoff;
   everything else fails the thunk with the error (a :class:`BackendError` subclass).
 * Stopping the supervisor cancels every generator it runs.
+* A generation whose host has no free place (the transport's admission,
+  :mod:`~mellea_actors.transport.admission`) waits as one admission ticket, with no task: the
+  supervisor is the tickets' client, and starts the generator task when the ticket is granted
+  (``admission_granted``), or exits the attempt with the queue timeout's error
+  (``admission_expired``). A cancel takes the ticket out of the queue: nothing was sent.
 
 Ownership, precisely:
 
@@ -116,13 +121,21 @@ from mellea_actors.runtime.restart_policy import RestartIntensity, RestartPolicy
 
 if TYPE_CHECKING:
     from mellea_actors.runtime.log import SupervisionLog
+    from mellea_actors.transport.admission import Ticket
     from mellea_actors.transport.ollama_http import DeltaSink, FinalObject
 
 __all__ = ["ChatTransport", "GenerationSupervisor"]
 
 
 class ChatTransport(Protocol):
-    """What the supervisor needs from the transport of one host (used on the actor loop only)."""
+    """What the supervisor needs from the transport of one host (used on the actor loop only).
+
+    A transport may also have ``admit(model, on_grant, on_expire) -> Ticket`` (as
+    :meth:`~mellea_actors.transport.ollama_http.OllamaTransport.admit` does): the supervisor
+    then starts a generator task only once the host's admission has a place for it, and hands
+    the place to ``stream_chat(..., place=ticket)``. Without it, each generator waits inside
+    ``stream_chat``.
+    """
 
     async def stream_chat(self, request: GenerationRequest, sink: DeltaSink) -> FinalObject:
         """Stream one chat into ``sink`` (``add`` per delta, ``flush`` at the end of every
@@ -149,6 +162,9 @@ class _Generation:
     thunk: pykka.ActorRef[Any]
     attempt: int = 1
     task: asyncio.Task[None] | None = None
+    place: Ticket | None = None
+    """The current attempt's place at its host's admission (``admit``): waiting (no task yet),
+    then held by the task, which releases it (so does the task's done callback)."""
     restart_timer: asyncio.TimerHandle | None = None
     cancel_reason: str | None = None
     fail_with: BaseException | None = None
@@ -331,18 +347,56 @@ class GenerationSupervisor(RuntimeActor):
         if pool is not None and target is not None:
             pool.acquire(target)
             gen.slot = target
+        transport = self.transport_for(gen.host)
+        admit = getattr(transport, "admit", None)
+        if admit is None:
+            self._start_attempt(gen, transport, None)
+            return
+        place: Ticket = admit(self, gen)  # self: the AdmissionClient; gen: the ticket's token
+        gen.place = place
+        if place.state == 1:  # a place now; else the task starts when one frees (_admitted)
+            self._start_attempt(gen, transport, place)
+
+    def _start_attempt(
+        self, gen: _Generation, transport: ChatTransport, place: Ticket | None
+    ) -> None:
+        attempt = gen.attempt
         task = self.actor_loop.spawn(
-            self._generate(gen, gen.attempt), name=f"generator-{gen.request.request_id}"
+            self._generate(gen, attempt, transport, place),
+            name=f"generator-{gen.request.request_id}",
         )
-        task.add_done_callback(functools.partial(self._generator_done, gen, gen.attempt))
+        task.add_done_callback(functools.partial(self._generator_done, gen, attempt, place))
         gen.task = task
 
-    def _generator_done(self, gen: _Generation, attempt: int, task: asyncio.Task[None]) -> None:
+    def admission_granted(self, ticket: Ticket) -> None:
+        """An attempt that waited got its place at the host's admission (loop thread, inside
+        the admission: another request ended, or the limit grew). A cancel takes the ticket out
+        of the queue first, so the attempt is still wanted."""
+        gen: _Generation = ticket.token
+        assert gen.place is ticket
+        self._start_attempt(gen, self.transport_for(gen.host), ticket)
+
+    def admission_expired(self, ticket: Ticket) -> None:
+        """An attempt waited ``queue_timeout`` s for a place (loop thread, the admission's
+        timer): it exits with the transport's error, as if its generator had raised it."""
+        gen: _Generation = ticket.token
+        assert gen.place is ticket
+        gen.place = None
+        error = self.transport_for(gen.host).queue_timeout_error(gen.request.model)  # type: ignore[attr-defined]
+        self._report(GeneratorExited(gen.request.request_id, gen.attempt, gen.deltas, error=error))
+
+    def _generator_done(
+        self, gen: _Generation, attempt: int, place: Ticket | None, task: asyncio.Task[None]
+    ) -> None:
         """A generator task ended (loop thread). Every cancelled generator ends here, whether
         the cancel landed before its first step (``_generate`` never ran) or inside it (it
         flushed its deltas and re-raised): the thunk is told here, not via the supervisor's
-        mailbox, since the supervisor may be stopping.
+        mailbox, since the supervisor may be stopping. The attempt's admission place is given
+        back here if the task did not (it never ran): ``place``, bound at spawn, since
+        ``gen.place`` may be the next attempt's by now.
         """
+        if place is not None:
+            place.release()
         if task.cancelled():
             rid = gen.request.request_id
             evicted, gen.evicted = gen.evicted, None
@@ -370,11 +424,23 @@ class GenerationSupervisor(RuntimeActor):
         if gen.task is not None and not gen.task.done():
             gen.task.cancel(reason)
             return
-        # between attempts (waiting for a restart): nothing runs; end it here
+        # waiting for a place, or between attempts (for a restart): nothing runs; end it here
+        self._unqueue(gen)
         if gen.restart_timer is not None:
             gen.restart_timer.cancel()
         self._generations.pop(gen.request.request_id, None)
         self._end_cancelled(gen)
+
+    def _unqueue(self, gen: _Generation) -> bool:
+        """Take an attempt that waits for a place out of its host's queue (and give back its
+        pool slot); False if it was not waiting."""
+        place, gen.place = gen.place, None
+        if place is None or not place.cancel():
+            return False
+        slot, gen.slot = gen.slot, None
+        if slot is not None:
+            self._release(slot)
+        return True
 
     def _end_cancelled(self, gen: _Generation) -> None:
         """Tell the thunk its generation was cancelled (or failed, after a crash)."""
@@ -687,9 +753,14 @@ class GenerationSupervisor(RuntimeActor):
                 host=host.url,
             )
             for gen in list(self._generations.values()):
-                if gen.slot is host and gen.task is not None and not gen.task.done():
+                if gen.slot is not host:
+                    continue
+                if gen.task is not None and not gen.task.done():
                     gen.evicted = error
                     gen.task.cancel("its host was removed from the pool")
+                elif self._unqueue(gen):  # still waiting for a place there: fails over now
+                    rid = gen.request.request_id
+                    self._on_exited(GeneratorExited(rid, gen.attempt, gen.deltas, error=error))
         if host.in_flight == 0:
             self._host_left(host)
 
@@ -735,7 +806,9 @@ class GenerationSupervisor(RuntimeActor):
             attempts=gen.attempt,
         )
 
-    async def _generate(self, gen: _Generation, attempt: int) -> None:
+    async def _generate(
+        self, gen: _Generation, attempt: int, transport: ChatTransport, place: Ticket | None
+    ) -> None:
         """Stream one attempt into the thunk; always ends with a GeneratorExited report.
 
         Runs as a task on the actor loop. The body between deltas never awaits anything but the
@@ -749,8 +822,10 @@ class GenerationSupervisor(RuntimeActor):
 
         batch = _DeltaBatch(gen, on_first)
         try:
-            transport = self.transport_for(gen.host)
-            final = await transport.stream_chat(request, batch)
+            if place is None:
+                final = await transport.stream_chat(request, batch)
+            else:
+                final = await transport.stream_chat(request, batch, place=place)  # type: ignore[call-arg]
         except asyncio.CancelledError:
             batch.flush()  # the deltas reach the thunk before _generator_done ends it
             raise

@@ -58,7 +58,7 @@ from mellea_actors.errors import (
     StreamDroppedError,
     StreamTimeoutError,
 )
-from mellea_actors.transport.admission import Admission
+from mellea_actors.transport.admission import Admission, AdmissionClient, Ticket
 from mellea_actors.transport.chat_request import ChatMessage, GenerationRequest
 from mellea_actors.transport.http_stream import (
     ConnectionClosed,
@@ -164,19 +164,28 @@ class DeltaSink(Protocol):
 
 
 class _Slot:
-    """``async with``: hold a place of the host's admission, waiting at most ``timeout`` s."""
+    """``async with``: hold a place of the host's admission, waiting at most ``timeout`` s
+    (``place``: the caller's, taken with :meth:`OllamaTransport.admit`; released here)."""
 
-    __slots__ = ("_admission", "_host", "_model", "_timeout")
+    __slots__ = ("_admission", "_host", "_model", "_place", "_timeout")
 
     def __init__(
-        self, admission: Admission, timeout: float | None, host: str, model: str
+        self,
+        admission: Admission,
+        timeout: float | None,
+        host: str,
+        model: str,
+        place: Ticket | None,
     ) -> None:
         self._admission = admission
         self._timeout = timeout
         self._host = host
         self._model = model
+        self._place = place
 
     async def __aenter__(self) -> None:
+        if self._place is not None:
+            return
         if self._timeout is None or not self._admission.full():
             await self._admission.acquire()
             return
@@ -184,16 +193,26 @@ class _Slot:
             async with asyncio.timeout(self._timeout):
                 await self._admission.acquire()
         except TimeoutError:
-            raise QueueTimeoutError(
-                f"no free slot to Ollama at {self._host} within {self._timeout} s (all "
-                f"{self._admission.limit} requests the host takes now stayed open); nothing was "
-                "sent",
-                host=self._host,
-                model=self._model,
+            raise queue_timeout_error(
+                self._admission, self._timeout, self._host, self._model
             ) from None
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._admission.release()
+        if self._place is not None:
+            self._place.release()
+        else:
+            self._admission.release()
+
+
+def queue_timeout_error(
+    admission: Admission, timeout: float, host: str, model: str
+) -> QueueTimeoutError:
+    return QueueTimeoutError(
+        f"no free slot to Ollama at {host} within {timeout} s (all {admission.limit} requests "
+        "the host takes now stayed open); nothing was sent",
+        host=host,
+        model=model,
+    )
 
 
 class _Watchdog:
@@ -445,13 +464,34 @@ class OllamaTransport:
             )
         return self._pool
 
-    async def stream_chat(self, request: GenerationRequest, sink: DeltaSink) -> FinalObject:
+    def admit(self, client: AdmissionClient, token: Any = None) -> Ticket:
+        """A place of the host's admission for one request, for a caller that starts its task
+        only once admitted (nothing of the request is built while it waits). The ticket holds
+        the place now (``state == 1``) or waits; then ``client`` is told when it gets it, or
+        that it expired after ``queue_timeout`` s (:meth:`queue_timeout_error` is the error to
+        give); ``Ticket.cancel()`` leaves the queue. A place is handed to :meth:`stream_chat`
+        (``place=``), which releases it; whoever ends the request calls ``Ticket.release()``
+        too (a no-op after that), which covers a task cancelled before it ran. Loop thread only.
+        """
+        self._ensure_pool()
+        assert self._admission is not None
+        return self._admission.enter(client, token, self._queue_timeout)
+
+    def queue_timeout_error(self, model: str) -> QueueTimeoutError:
+        """The error of a request that waited ``queue_timeout`` s for a place."""
+        assert self._admission is not None and self._queue_timeout is not None
+        return queue_timeout_error(self._admission, self._queue_timeout, self.host, model)
+
+    async def stream_chat(
+        self, request: GenerationRequest, sink: DeltaSink, *, place: Ticket | None = None
+    ) -> FinalObject:
         """Stream one chat: ``sink`` gets every delta with text; returns the final object.
 
         The final object is the one with ``done=True`` (``done_reason``, ``eval_count``, …).
         ``sink`` is called synchronously on the loop, inside the socket's read callback: it must
         not block. Raises a :class:`BackendError` subclass (see the module docstring).
-        Cancelling the calling task closes the connection at once.
+        Cancelling the calling task closes the connection at once. ``place``: the caller's
+        place of the admission (:meth:`admit`), released here however the call ends.
         """
         pool = self._ensure_pool()
         admission = self._admission
@@ -461,7 +501,7 @@ class OllamaTransport:
         del body
         decoder = _NdjsonDecoder(self.host, request.model, sink)
         timeout = request.stream_timeout
-        async with _Slot(admission, self._queue_timeout, self.host, request.model):
+        async with _Slot(admission, self._queue_timeout, self.host, request.model, place):
             watchdog = None if timeout is None else _Watchdog(asyncio.get_running_loop(), timeout)
             decoder.watchdog = watchdog
             try:
