@@ -1,7 +1,8 @@
 """The package's structure, read with ``ast`` (nothing is imported).
 
 * Layers: data flows facade → runtime → transport. No module of ``transport/`` imports the
-  runtime or the facade; no module of ``runtime/`` imports the facade; ``core/`` imports nothing
+  runtime or the facade; no module of ``runtime/`` imports the facade; no module of ``observe/``
+  (the live view) imports the runtime or the facade; ``core/`` imports nothing
   from ``stdlib``, ``backends`` or ``helpers``. These hold for every import, including those
   under ``if TYPE_CHECKING:`` (a type-only import may go anywhere that is not upward).
 * No import cycle between the package's modules, counting imports at module level and inside
@@ -226,6 +227,14 @@ def test_transport_imports_neither_the_runtime_nor_the_facade(name: str) -> None
 def test_runtime_imports_nothing_of_the_facade(name: str) -> None:
     bad = upward(name, FACADE, top=True)
     assert not bad, "the runtime never imports the facade:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("name", modules_under("observe"))
+def test_observe_imports_neither_the_runtime_nor_the_facade(name: str) -> None:
+    """The live view (``observe/``) reads the runtime through the source object the runtime
+    hands it (``observe.LiveSource``): it imports nothing of the runtime or the facade."""
+    bad = upward(name, ("runtime", *FACADE), top=True)
+    assert not bad, "observe is handed its source; it imports no engine:\n" + "\n".join(bad)
 
 
 @pytest.mark.parametrize("name", modules_under("core"))

@@ -234,6 +234,13 @@ class SupervisionLog:
         # a fresh context: the app's merge_contextvars adds nothing the runtime's thread has
         contextvars.Context().run(self._std.log, level, record["event"], extra=extra)
 
+    def stored(self) -> list[dict[str, Any]]:
+        """The stored records themselves, oldest first (one list copy under the lock; the
+        records are the log's own: read them, do not change them). For a reader that finds
+        new records by identity (the live view), instead of :meth:`events`' copy of each."""
+        with self._lock:
+            return list(self._records)
+
     def events(
         self,
         *,

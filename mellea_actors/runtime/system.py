@@ -47,9 +47,11 @@ import contextvars
 import itertools
 import os
 import threading
+import time
+import warnings
 import weakref
 from collections.abc import Coroutine, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pykka
 
@@ -75,6 +77,9 @@ from mellea_actors.runtime.root_supervisor import RootSupervisor
 from mellea_actors.runtime.thunk_actor import ThunkActor, ThunkCell
 from mellea_actors.runtime.thunk_handle import ThunkHandle
 from mellea_actors.transport.ollama_http import OllamaTransport
+
+if TYPE_CHECKING:
+    from mellea_actors.observe.live_server import LiveView
 
 __all__ = ["ActorSystem", "Hosts"]
 
@@ -122,6 +127,8 @@ class ActorSystem:
     ) -> None:
         if engine not in ("local", "ray"):
             raise InvalidInputError(f"unknown engine {engine!r}: use 'local' or 'ray'")
+        dashboard = _dashboard_from_env()  # a bad MELLEA_ACTORS_DASHBOARD fails before anything
+        self._live_view: LiveView | None = None  # serve(); closed by close()
         self._queue_timeout = queue_timeout
         self._host_registry = None if hosts is None else HostRegistry(HostSpec.of(h) for h in hosts)
         self._tags_every = tags_every
@@ -173,6 +180,8 @@ class ActorSystem:
             # (the process then dies of SIGSEGV after its work is done)
             atexit.unregister(_close_all_at_exit)
             atexit.register(_close_all_at_exit)
+        if dashboard is not None:
+            self._serve_from_env(*dashboard)
 
     def _start_generation_supervisor(
         self, parent: pykka.ActorRef[Any]
@@ -393,6 +402,47 @@ class ActorSystem:
             ],
         }
 
+    # -- the live view (mellea_actors.observe; docs/live_view.md) -------------------------------
+    def serve(self, host: str = "127.0.0.1", port: int = 0, token: str | None = None) -> LiveView:
+        """Serve this system's live view over HTTP (page, JSON API, ``/metrics``) until it
+        closes; returns the running view (``.url``). Loopback by default; any other ``host``
+        needs a ``token`` (ValueError before binding), which every request must then carry
+        (``Authorization: Bearer <token>`` or ``?token=``). Thread-safe; one view per system."""
+        return self._serve(host, port, token, explicit=True)
+
+    @property
+    def live_view(self) -> LiveView | None:
+        """The running live view (:meth:`serve`, or ``MELLEA_ACTORS_DASHBOARD``), or None."""
+        view = self._live_view
+        return None if view is None or view.closed else view
+
+    def _serve(self, host: str, port: int, token: str | None, *, explicit: bool) -> LiveView:
+        from mellea_actors.observe import start_live_view  # its imports only when asked for
+
+        with self._close_lock:  # close() cannot run in between: it always stops the view
+            if self._closed:
+                raise RuntimeClosedError(f"{self.id} {self._closed_reason}")
+            running = self.live_view
+            if running is not None:
+                raise RuntimeError(
+                    f"{self.id} already serves its live view at {running.url}; close that one "
+                    "first (system.live_view.close())"
+                )
+            view = start_live_view(_LiveViewSource(self), host, port, token, explicit=explicit)
+            self._live_view = view
+        return view
+
+    def _serve_from_env(self, host: str, port: int, token: str | None) -> None:
+        try:
+            self._serve(host, port, token, explicit=False)
+        except OSError as exc:  # e.g. the port is taken (by another session): the session runs
+            warnings.warn(
+                f"{self.id}: MELLEA_ACTORS_DASHBOARD={host}:{port}: the live view could not "
+                f"listen there ({exc}); the session runs without it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
     @property
     def engine(self) -> str:
         """``"ray"`` or ``"local"`` (in-process)."""
@@ -445,6 +495,10 @@ class ActorSystem:
                 return
             self._closed = True
         _live_systems.discard(self)
+        view, self._live_view = self._live_view, None
+        if view is not None:  # first: nothing reads the system while it winds down
+            with contextlib.suppress(Exception):
+                view.close()
         with contextlib.suppress(Exception):  # children first, as in OTP
             self.supervisor.stop(timeout=timeout)
         with contextlib.suppress(Exception):
@@ -517,6 +571,60 @@ class Hosts:
         return f"Hosts({[v.as_dict() for v in self._system.host_views()]!r})"
 
 
+class _LiveViewSource:
+    """What the live view reads (:class:`mellea_actors.observe.LiveSource`): snapshots taken
+    on the server's threads, from state that is safe to read anywhere; nothing per chunk."""
+
+    def __init__(self, system: ActorSystem) -> None:
+        self._system = system
+
+    @property
+    def id(self) -> str:
+        return self._system.id
+
+    def tree(self) -> dict[str, Any]:
+        return self._system.tree()
+
+    def records(self) -> list[dict[str, Any]]:
+        return self._system.log.stored()
+
+    def streams(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        out = []
+        for rid, (cell, _) in list(self._system._thunks.items()):
+            first = cell.first_delta_at  # the cell's fields: written by the thunk actor only
+            out.append(
+                {
+                    "thunk": rid,
+                    "status": cell.status.value,
+                    "tokens": len(cell.deltas),
+                    "streaming_for": None if first is None else max(0.0, now - first),
+                }
+            )
+        return out
+
+    def hosts(self) -> list[dict[str, Any]]:
+        return [view.as_dict() for view in self._system.host_views()]
+
+
+def _dashboard_from_env() -> tuple[str, int, str | None] | None:
+    """``MELLEA_ACTORS_DASHBOARD=HOST:PORT`` (loopback only), read when a system starts:
+    (host, port, token) or None; ValueError naming the variable when it is wrong."""
+    value = os.environ.get("MELLEA_ACTORS_DASHBOARD", "").strip()
+    if not value:
+        return None
+    from mellea_actors.observe.live_source import (
+        DASHBOARD_TOKEN_ENV,
+        check_bind,
+        parse_dashboard_env,
+    )
+
+    host, port = parse_dashboard_env(value)
+    token = os.environ.get(DASHBOARD_TOKEN_ENV) or None
+    check_bind(host, port, token, explicit=False)
+    return host, port, token
+
+
 def _forget_systems_in_child() -> None:
     """After ``os.fork()``, in the child: the systems are the parent's. Their loop threads
     were not copied, so nothing of theirs can run here, and the exit hook must not wait for
@@ -529,6 +637,9 @@ def _forget_systems_in_child() -> None:
         system._closed = True
         system._closed_reason = reason
         system.loop.abandon(reason)
+        view, system._live_view = system._live_view, None
+        if view is not None:  # its server thread is the parent's: drop the socket only
+            view.abandon()
     _live_systems.clear()
 
 
