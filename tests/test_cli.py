@@ -1,20 +1,29 @@
-"""``python -m mellea_actors run …``: answer on stdout, actor tree and supervision log on stderr.
+"""``python -m mellea_actors`` (the ``mellea-actors`` console script): its commands.
 
-The command runs as a subprocess, against the real local Ollama (``ollama`` marker) and against
-the scripted server (errors, JSON shape); the renderers are also checked in-process.
+``run``: answer on stdout, actor tree and supervision log on stderr. The command runs as a
+subprocess, against the real local Ollama (``ollama`` marker) and against the scripted server
+(errors, JSON shape); the renderers are also checked in-process. ``ollama`` and ``top`` delegate:
+their argument handling and what they hand on are checked in-process against recording stand-ins
+(the console script itself is run from the built wheel in ``test_packaging.py``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
+import mellea_actors
+import mellea_actors.local.__main__ as local_main
+from mellea_actors import cli
 from mellea_actors.cli import format_record, format_tree, jsonable, record_to_json
 from mellea_actors.testing import Script, ScriptedOllama
 from tests.conftest import LOCAL_MODEL
@@ -164,6 +173,13 @@ def test_a_failing_generation_exits_1_after_the_log(scripted: ScriptedOllama) ->
         ["run", "Go.", "--max-tokens", "many"],
         ["run", "Go.", "--timeout", "-1"],
         ["run", "Go.", "--no-such-flag"],
+        ["ollama"],
+        ["ollama", "frobnicate"],
+        ["top"],
+        ["top", "http://127.0.0.1:1", "--interval", "0"],
+        ["top", "http://127.0.0.1:1", "--interval", "soon"],
+        ["top", "http://127.0.0.1:1", "--no-such-flag"],
+        ["top", "http://127.0.0.1:1", "extra"],
     ],
 )
 def test_bad_arguments_exit_2(args: list[str]) -> None:
@@ -229,3 +245,128 @@ def test_tree_and_record_rendering() -> None:
     )
     assert "generation_cancelled" in line and "generator-7 (generator)" in line
     assert 'reason="the client left"' in line and "thunk=7" in line and "chunks=3" in line
+
+
+# -- --version, help ------------------------------------------------------------------------------
+def test_version_is_the_installed_distributions() -> None:
+    proc = run_cli("--version", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"python -m mellea_actors {mellea_actors.__version__}"
+    assert cli.version() == mellea_actors.__version__
+
+
+def test_help_lists_every_command() -> None:
+    proc = run_cli("--help", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m mellea_actors ")
+    for command in ("run", "ollama", "top"):
+        assert f"    {command} " in proc.stdout, proc.stdout
+    assert cli.build_parser().prog == "mellea-actors"  # the console script's name
+
+
+# -- top: the live view over HTTP (mellea_actors.observe.top.run_top) -----------------------------
+def test_top_help_shows_its_arguments() -> None:
+    proc = run_cli("top", "--help", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m mellea_actors top ")
+    for part in ("URL", "--interval S", "--once", "session.system.serve"):
+        assert part in proc.stdout, proc.stdout
+
+
+def test_top_arguments_parse() -> None:
+    args = cli.build_parser().parse_args(["top", "http://127.0.0.1:8765"])
+    assert (args.command, args.url, args.interval, args.once) == (
+        "top",
+        "http://127.0.0.1:8765",
+        1.0,
+        False,
+    )
+    args = cli.build_parser().parse_args(["top", "http://h:1/", "--interval", "0.25", "--once"])
+    assert (args.url, args.interval, args.once) == ("http://h:1/", 0.25, True)
+
+
+def test_top_hands_its_arguments_to_run_top(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def run_top(url: str, *, interval: float, once: bool, out: IO[str]) -> int:
+        calls.append((url, {"interval": interval, "once": once, "out": out}))
+        out.write("a snapshot\n")
+        return 7
+
+    fake = types.ModuleType("mellea_actors.observe.top")
+    fake.run_top = run_top  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mellea_actors.observe.top", fake)
+    out = io.StringIO()
+    status = cli.main(["top", "http://127.0.0.1:8765", "--interval", "0.5", "--once"], out=out)
+    assert status == 7
+    assert calls == [("http://127.0.0.1:8765", {"interval": 0.5, "once": True, "out": out})]
+    assert out.getvalue() == "a snapshot\n"
+
+
+def test_top_stops_quietly_on_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    def run_top(url: str, *, interval: float, once: bool, out: IO[str]) -> int:
+        raise KeyboardInterrupt
+
+    fake = types.ModuleType("mellea_actors.observe.top")
+    fake.run_top = run_top  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mellea_actors.observe.top", fake)
+    assert cli.main(["top", "http://127.0.0.1:8765"], out=io.StringIO()) == 130
+
+
+def test_top_without_its_module_is_one_error_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "mellea_actors.observe.top", None)  # import fails
+    out = io.StringIO()
+    assert cli.main(["top", "http://127.0.0.1:8765", "--once"], out=out) == 1
+    assert out.getvalue() == ""
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "mellea_actors.observe.top" in err
+
+
+# -- ollama install / serve: python -m mellea_actors.local -----------------------------------------
+@pytest.mark.parametrize(
+    ("argv", "handed_on"),
+    [
+        (["ollama", "install"], ["install"]),
+        (["ollama", "install", "--home", "/tmp/o"], ["--home", "/tmp/o", "install"]),
+        (["ollama", "serve"], ["serve"]),
+        (
+            ["ollama", "serve", "--port", "1", "--home", "/tmp/o", "--model=m", "--timeout", "9"],
+            ["--home", "/tmp/o", "serve", "--port", "1", "--model=m", "--timeout", "9"],
+        ),
+    ],
+)
+def test_ollama_hands_its_arguments_to_the_local_command_line(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], handed_on: list[str]
+) -> None:
+    calls: list[list[str] | None] = []
+
+    def fake_main(args: list[str] | None = None) -> int:
+        calls.append(args)
+        return 3
+
+    monkeypatch.setattr(local_main, "main", fake_main)
+    assert cli.main(argv) == 3
+    assert calls == [handed_on]
+
+
+def test_ollama_help_names_both_actions() -> None:
+    proc = run_cli("ollama", "--help", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "install" in proc.stdout and "serve" in proc.stdout
+    proc = run_cli("ollama", "serve", "--help", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "--home DIR" in proc.stdout and "--port" in proc.stdout
+
+
+@pytest.mark.ollama
+def test_ollama_install_prints_the_paths(local_ollama: Any) -> None:
+    """Installed already (the session's local Ollama runs), so this only reports where."""
+    proc = run_cli("ollama", "install", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    keys = [line.split("=", 1)[0] for line in proc.stdout.splitlines()]
+    assert keys[:2] == ["home", "ollama"], proc.stdout
+    ollama_binary = Path(proc.stdout.splitlines()[1].split("=", 1)[1])
+    assert ollama_binary.is_file()

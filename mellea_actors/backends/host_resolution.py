@@ -86,7 +86,7 @@ def resolve_host(base_url: str | None) -> str:
             f"no Ollama answers at {DEFAULT_HOST} and none is configured, and the embedded "
             "local Ollama is not installed (a library call never downloads it). Either set "
             "OLLAMA_HOST (or base_url=) to an Ollama server, or install the local one once: "
-            "`python -m mellea_actors.local install` (about 250 MB, into "
+            "`python -m mellea_actors.local install` (about 200 MB, into "
             f"{provision.default_home()})",
             host=DEFAULT_HOST,
         )
