@@ -17,6 +17,7 @@ from mellea_actors.backends import ModelOption
 from mellea_actors.errors import BackendResponseError, ProtocolMismatchError
 from mellea_actors.runtime.restart_policy import RestartPolicy
 from mellea_actors.testing import Script, ScriptedOllama
+from mellea_actors.transport.admission import INITIAL_LIMIT, Admission, Ticket
 from mellea_actors.transport.ollama_http import default_max_in_flight
 
 from .conftest import SCRIPTED_MODEL
@@ -147,3 +148,51 @@ async def test_a_full_host_is_not_hammered_with_retries(scripted: ScriptedOllama
     assert values == ["a b "] * n
     assert scripted.peak_active() <= 5
     assert scripted.busy_answers < 1.5 * n  # about one per request of the first burst
+
+
+async def test_a_burst_beyond_what_the_host_takes_opens_few_connections(
+    scripted: ScriptedOllama,
+) -> None:
+    """Regression (memory): the limit started at max_in_flight, so a burst of 1,000 requests to a
+    host that takes 40 sent all 1,000 (960 answered 503), and the process kept the memory of
+    1,000 open connections. Slow start (admission.py) sends INITIAL_LIMIT, then one more per
+    request the host takes, until its first 503."""
+    n, takes = 1000, 40
+    assert default_max_in_flight() >= n > INITIAL_LIMIT
+    scripted.set_max_active(takes)
+    scripted.set_script(Script(tokens=("x",), first_delay=2.0))
+    with start_session(model_id=SCRIPTED_MODEL, base_url=scripted.base_url, check=False) as m:
+        mots = [await m.ainstruct(f"q{k}", model_options=STREAM) for k in range(n)]
+        await asyncio.to_thread(scripted.wait_for_requests, takes, WAIT)
+        async with asyncio.timeout(WAIT):
+            values = await asyncio.gather(*(mot.avalue() for mot in mots[:takes]))
+        assert values == ["x"] * takes
+        assert scripted.busy_answers <= INITIAL_LIMIT + takes  # not n - takes
+        await asyncio.gather(*(mot.cancel() for mot in mots[takes:]))
+
+
+async def test_slow_start_doubles_while_the_host_takes_all() -> None:
+    adm = Admission(asyncio.get_running_loop(), max_limit=10_000, initial=4)
+
+    class Client:
+        granted = 0
+
+        def admission_granted(self, ticket: Ticket) -> None:
+            Client.granted += 1
+
+        def admission_expired(self, ticket: Ticket) -> None:
+            raise AssertionError("no timeout here")
+
+    client = Client()
+    tickets = [adm.enter(client) for _ in range(20)]
+    assert adm.in_flight == 4 and adm.waiting == 16
+    for _ in range(4):  # the first window answered: four more each
+        adm.answered()
+    assert adm.limit == 8 and adm.in_flight == 8 and Client.granted == 4
+    adm.busy()  # the host is full at 8: slow start is over
+    assert adm.limit == 7 and not adm.slow_start
+    adm.answered()
+    assert adm.limit == 7
+    for t in tickets:
+        t.release() if t.state == 1 else t.cancel()
+    assert adm.in_flight == 0 and adm.waiting == 0

@@ -1056,6 +1056,7 @@ class _ServerCore:
         * ``POST /_scripted/reset`` clears records, queue and the peak count
         * ``POST /_scripted/reset_peak`` resets the peak count only
         * ``GET /_scripted/active`` → ``{"active": n, "peak": p}`` (see ``peak_active``)
+        * ``POST /_scripted/max_active`` ``{"n": n | null}`` (see ``set_max_active``)
         * ``GET /_scripted/wait?n=N&timeout=S[&finished=1]`` → records once ``N`` generation
           requests arrived (or finished); 504 on timeout
         * ``GET /_scripted/wait_disconnect?index=I&timeout=S`` → the record once its disconnect was
@@ -1085,6 +1086,11 @@ class _ServerCore:
                 conn.send_response(200, b"{}")
             elif action == "active":
                 conn.send_response(200, _dumps(self.activity()))
+            elif action == "max_active":
+                limit = body.get("n")
+                with self.cond:
+                    self.max_active = None if limit is None else int(limit)
+                conn.send_response(200, b"{}")
             elif action in ("wait", "wait_disconnect"):
                 deadline = self.loop.time() + float(q.get("timeout", "5"))
                 while True:
@@ -1520,6 +1526,10 @@ class ScriptedOllamaProcess:
     def set_script(self, script: Script) -> None:
         """Replace the default script."""
         self._control("POST", "default", {"script": script.to_json()})
+
+    def set_max_active(self, n: int | None) -> None:
+        """Like :meth:`ScriptedOllama.set_max_active`."""
+        self._control("POST", "max_active", {"n": n})
 
     def reset(self) -> None:
         """Forget all records and queued scripts; reset the peak count."""

@@ -2,11 +2,16 @@
 
 Ollama takes what it can run (``OLLAMA_NUM_PARALLEL``) plus a queue (``OLLAMA_MAX_QUEUE``, 512
 by default) and answers 503 "server busy" beyond. A client-side cap below that would only hold
-requests back, so the limit starts at ``max_in_flight`` (by default as many as the process has
-file descriptors for); a fixed cap above it would make every extra request a 503 that is sent
-again and again. So the limit *learns* (additive increase, multiplicative-style decrease, as TCP
-does):
+requests back; a fixed cap above it would make every extra request a 503 that is sent again and
+again. So the limit *learns*, up to ``max_in_flight`` (by default as many as the process has
+file descriptors for), as TCP's window does:
 
+* **slow start**: the limit starts at ``INITIAL_LIMIT`` (or ``max_in_flight`` if lower) and
+  grows by one for every request the host *answers* (a status line below 400: it took it),
+  so it doubles every round trip while the host takes all it gets — a burst of 1,000 requests
+  to a host that takes them is in flight within a few milliseconds — and a burst of 10,000 to
+  a host that takes 516 opens about twice that many connections, not 10,000 (each open one
+  costs about 8 KB, which a process does not give back);
 * a 503 lowers the limit to what the host held when it said so (the requests then in flight,
   less the refused one): the requests beyond wait here, in FIFO order, instead of hammering the
   host with retries;
@@ -38,7 +43,10 @@ import time
 from collections import deque
 from typing import Any, Protocol
 
-__all__ = ["Admission", "AdmissionClient", "Ticket"]
+__all__ = ["INITIAL_LIMIT", "Admission", "AdmissionClient", "Ticket"]
+
+#: The limit before the host said anything: slow start's first window (see the module docstring).
+INITIAL_LIMIT = 256
 
 
 class AdmissionClient(Protocol):
@@ -122,12 +130,16 @@ class Admission:
         "in_flight",
         "limit",
         "max_limit",
+        "slow_start",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_limit: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, max_limit: int, initial: int = INITIAL_LIMIT
+    ) -> None:
         self._loop = loop
         self.max_limit = max_limit
-        self.limit = max_limit
+        self.limit = max(1, min(max_limit, initial))
+        self.slow_start = self.limit < max_limit  # until the first 503, or max_limit
         self.in_flight = 0
         self._completions = 0
         self._queue: deque[Ticket] = deque()  # FIFO; cancelled/expired tickets stay until met
@@ -214,9 +226,20 @@ class Admission:
         self.in_flight -= 1
         self._grant()
 
+    def answered(self) -> None:
+        """The host took a request in flight (its answer began, status < 400): in slow start,
+        one more may go."""
+        if self.slow_start:
+            self.limit += 1
+            if self.limit >= self.max_limit:
+                self.limit = self.max_limit
+                self.slow_start = False
+            self._grant()
+
     def busy(self) -> None:
         """The host answered 503 to one of the requests in flight: it holds ``in_flight - 1``."""
         self.limit = max(1, self.in_flight - 1)
+        self.slow_start = False
         self._completions = 0
 
     def completed(self) -> None:

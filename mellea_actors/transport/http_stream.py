@@ -45,6 +45,10 @@ __all__ = ["BodyReader", "ConnectionClosed", "ConnectionPool", "HttpStatusError"
 class BodyReader(Protocol):
     """What reads an answer's body, on the loop, inside the socket's read callback."""
 
+    def answered(self, status: int) -> None:
+        """The answer's status line and headers arrived (before any ``body``)."""
+        ...
+
     def body(self, data: bytes) -> bool:
         """A piece of the (de-chunked) body; True once the reader has everything it needs
         (the request then completes). When the HTTP message ends first, it is called once
@@ -161,7 +165,13 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------
     def on_headers_complete(self) -> None:
-        self._status = self._parser.get_status_code()
+        self._status = status = self._parser.get_status_code()
+        reader = self._reader
+        if reader is not None:
+            try:
+                reader.answered(status)
+            except BaseException as exc:
+                raise _CallbackFailed(exc) from None
 
     def on_body(self, body: bytes) -> None:
         if self._status >= 400:

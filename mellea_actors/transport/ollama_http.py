@@ -307,7 +307,7 @@ class _NdjsonDecoder:
     Only the fields the runtime needs are read: no model object per delta.
     """
 
-    __slots__ = ("_host", "_model", "_pending", "_sink", "final", "watchdog")
+    __slots__ = ("_host", "_model", "_pending", "_sink", "admission", "final", "watchdog")
 
     def __init__(self, host: str, model: str, sink: DeltaSink) -> None:
         self._host = host
@@ -316,6 +316,12 @@ class _NdjsonDecoder:
         self._pending = b""
         self.final: FinalObject | None = None
         self.watchdog: _Watchdog | None = None
+        self.admission: Admission | None = None
+
+    def answered(self, status: int) -> None:
+        """The host took the request (slow start of its admission) unless it refused it."""
+        if status < 400 and self.admission is not None:
+            self.admission.answered()
 
     def body(self, data: bytes) -> bool:
         if not data:  # the end of the body: a last object may lack its newline
@@ -500,6 +506,7 @@ class OllamaTransport:
         message = b"%sContent-Length: %d\r\n\r\n%s" % (self._head, len(body), body)  # copy
         del body
         decoder = _NdjsonDecoder(self.host, request.model, sink)
+        decoder.admission = admission
         timeout = request.stream_timeout
         async with _Slot(admission, self._queue_timeout, self.host, request.model, place):
             watchdog = None if timeout is None else _Watchdog(asyncio.get_running_loop(), timeout)
