@@ -200,6 +200,23 @@ def _rows_live(sc: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _rows_open(sc: dict[str, Any]) -> list[Row]:
+    floor = sc["aggregates"].get("floor", {}).get("kb_per_thunk")
+
+    def per_stream(v: str, a: dict[str, Any]) -> str:
+        ratio = "" if not floor or v == "floor" else f" ({a['kb_per_thunk'] / floor:.2f}x)"
+        return f"{a['kb_per_thunk']:.1f} KB{ratio}"
+
+    return [
+        (
+            "5b every thunk an open stream: RSS per thunk",
+            _cells(sc, per_stream),
+            "reference",
+            "-",
+        )
+    ]
+
+
 def _rows_scaling(sc: dict[str, Any]) -> list[Row]:
     aggs = sc["aggregates"]
     sizes = sorted({n for a in aggs.values() for n in a.get("sizes", {})})
@@ -264,6 +281,8 @@ def summary_rows(report: dict[str, Any]) -> list[Row]:
             rows += _rows_streams(sc)
         elif name == "live_thunks":
             rows += _rows_live(sc)
+        elif name == "open_streams":
+            rows += _rows_open(sc)
         elif name == "scaling":
             rows += _rows_scaling(sc)
         elif name == "parse_deliver":

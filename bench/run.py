@@ -201,6 +201,7 @@ def run_scenario(sc: Scenario, args: argparse.Namespace) -> dict[str, Any]:
     with server_cm as server:
         if server is not None:
             server.set_script(sc.script)
+            server.set_max_active(sc.server_max_active)
         for rnd in range(sc.rounds):
             for size in sizes:
                 for variant in variants:

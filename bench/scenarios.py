@@ -51,12 +51,20 @@ class Scenario:
     sizes: tuple[int, ...] = ()  # one worker per size, with params n = cap = the size
     small_runs: tuple[int, int] = (1, 3)  # (warmup, reps) of the sizes up to 100
     needs_server: bool = True
+    # the scripted server answers 503 "server busy" beyond this many generations at once, as
+    # Ollama does beyond OLLAMA_NUM_PARALLEL + OLLAMA_MAX_QUEUE (None: it takes every request)
+    server_max_active: int | None = None
 
     def runs_for(self, size: int | None) -> tuple[int, int]:
         """(warmup, reps) of one worker; small scaling sizes repeat (their figures are tiny)."""
         if size is not None and size <= 100:
             return self.small_runs
         return self.warmup, self.reps
+
+
+#: What one Ollama host takes at once by default: OLLAMA_NUM_PARALLEL (up to 4) running plus
+#: OLLAMA_MAX_QUEUE (512) waiting; it answers 503 "server busy" to the rest.
+OLLAMA_TAKES = 516
 
 
 def build(quick: bool) -> list[Scenario]:
@@ -141,12 +149,15 @@ def build(quick: bool) -> list[Scenario]:
         ),
         Scenario(
             name="live_thunks",
-            title=f"5. {n_live:,} live thunks in one process (answers delayed 600 s)",
+            title=(
+                f"5. {n_live:,} live thunks in one process (answers delayed 600 s; the host takes "
+                f"{OLLAMA_TAKES} at once and answers 503 beyond, as Ollama's defaults do)"
+            ),
             target="threads flat; RSS growth <= 4 KB per thunk",
             script=Script(tokens=("late",), first_delay=600.0),
             params={
                 "n": n_live,
-                "settle": 0.5 if quick else 1.0,
+                "settle": 1.0 if quick else 3.0,
                 "cap": 256,
                 "per_variant": {"mellea": {"n": n_live_mellea}},
             },
@@ -156,6 +167,24 @@ def build(quick: bool) -> list[Scenario]:
             timeout=600.0,
             variants=("raw_capped", "mellea", "mellea_actors"),
             reference="",
+            server_max_active=OLLAMA_TAKES,
+        ),
+        Scenario(
+            name="open_streams",
+            title=(
+                f"5b. {n_live:,} live thunks, every one an open HTTP stream (a host that takes "
+                "them all; answers delayed 600 s)"
+            ),
+            target="reference only: RSS per open stream, as a ratio to the floor's",
+            script=Script(tokens=("late",), first_delay=600.0),
+            params={"n": n_live, "settle": 2.0 if quick else 6.0, "cap": n_live},
+            rounds=1,
+            warmup=0,
+            reps=1,
+            timeout=600.0,
+            variants=("floor", "mellea_actors"),
+            reference="floor",
+            worker="live_thunks",
         ),
         Scenario(
             name="scaling",
@@ -332,7 +361,7 @@ def aggregate(sc: Scenario, samples: list[dict[str, Any]]) -> dict[str, Any]:
         agg.update(_stream_figures(samples))
         agg["peak_active"] = min(s.get("peak_active", -1) for s in samples)
         agg["streams"] = samples[0]["streams"]
-    elif sc.name == "live_thunks":
+    elif sc.name in ("live_thunks", "open_streams"):
         s = samples[0]
         keys = ("n", "create_s", "create_cpu", "live", "close_s", "before", "settled")
         agg.update({k: s[k] for k in keys})
@@ -580,6 +609,14 @@ def _v_live(sc: Scenario, a: dict[str, Any], aggs: dict[str, dict[str, Any]]) ->
     }
 
 
+def _v_open(sc: Scenario, a: dict[str, Any], aggs: dict[str, dict[str, Any]]) -> tuple[str, Checks]:
+    text, _ = _v_live(sc, a, aggs)
+    floor = aggs.get("floor", {}).get("kb_per_thunk")
+    if floor:
+        text += f"; {a['kb_per_thunk'] / floor:.2f}x the floor's RSS per open stream"
+    return text, {"threads": a["threads_peak"] <= a["threads_before"] + 8}
+
+
 def _v_scaling(
     sc: Scenario, a: dict[str, Any], aggs: dict[str, dict[str, Any]]
 ) -> tuple[str, Checks]:
@@ -631,6 +668,7 @@ _VERDICTS: dict[
     "cancel": _v_cancel,
     "many_streams": _v_streams,
     "live_thunks": _v_live,
+    "open_streams": _v_open,
     "scaling": _v_scaling,
     "parse_deliver": _v_parse,
 }

@@ -71,8 +71,16 @@ def _parser_for(action: object, format: type[pydantic.BaseModel] | None) -> Call
 
         return parse_model
     if isinstance(action, Message):
-        return lambda text: Message("assistant", text)
-    return lambda text: text
+        return _assistant_message
+    return _text  # one function for every request, not a closure each (pending-thunk memory)
+
+
+def _assistant_message(text: str) -> Message:
+    return Message("assistant", text)
+
+
+def _text(text: str) -> str:
+    return text
 
 
 class OllamaBackend(Backend):

@@ -130,6 +130,7 @@ class ActorSystem:
         dashboard = _dashboard_from_env()  # a bad MELLEA_ACTORS_DASHBOARD fails before anything
         self._live_view: LiveView | None = None  # serve(); closed by close()
         self._queue_timeout = queue_timeout
+        self._cancel_fn = self.cancel  # one bound method for every handle, not one each
         self._host_registry = None if hosts is None else HostRegistry(HostSpec.of(h) for h in hosts)
         self._tags_every = tags_every
         self._pid = os.getpid()
@@ -231,7 +232,7 @@ class ActorSystem:
         # one thread crossing for both: the thunk actor's start, then the supervisor's message
         # (whatever is sent to the thunk after this line is handled after its on_start)
         self.loop.call_soon(_begin_generation, actor, supervisor, StartGeneration(request, ref))
-        handle = ThunkHandle(cell, ref, streamed=request.stream, cancel=self.cancel)
+        handle = ThunkHandle(cell, ref, streamed=request.stream, cancel=self._cancel_fn)
         scope = _started_in_scope.get()
         if scope is not None:
             scope.append(handle)

@@ -73,7 +73,7 @@ class ThunkCell:
         self.request_id = request_id
         # written by the actor only (loop thread); read by anyone
         self.deltas: list[str] = []  # append-only
-        self.thinking: list[str] = []  # append-only
+        self.thinking: list[str] | None = None  # append-only; made with the first piece
         self.status = ThunkStatus.PENDING
         self.outcome: ThunkOutcome | None = None  # set once
         self.first_delta_at: float | None = None
@@ -246,6 +246,8 @@ class ThunkActor(RuntimeActor):
             cell.status = ThunkStatus.STREAMING
             cell.first_delta_at = message.at or time.monotonic()
         if message.thinking:
+            if cell.thinking is None:
+                cell.thinking = []
             cell.thinking.append(message.thinking)
         if not message.deltas:
             return
@@ -270,7 +272,7 @@ class ThunkActor(RuntimeActor):
         outcome = ThunkOutcome(
             status=status,
             deltas=deltas,
-            thinking="".join(cell.thinking),
+            thinking="".join(cell.thinking or ()),
             meta=meta,
             error=error,
             cancel_reason=cancel_reason,
