@@ -13,6 +13,8 @@ import asyncio
 import logging
 import os
 import pickle
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -35,6 +37,9 @@ from mellea_actors.errors import (
     StreamDroppedError,
     StreamTimeoutError,
 )
+from mellea_actors.runtime import ray_transport
+from mellea_actors.runtime.ray_transport import RayUnreachableError
+from mellea_actors.runtime.ray_worker import ERROR, FINAL, _Outbox
 from mellea_actors.runtime.restart_policy import RestartPolicy
 from mellea_actors.stdlib.components import Instruction
 from mellea_actors.stdlib.streaming import stream_with_chunking
@@ -97,6 +102,121 @@ def test_engine_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
             engine="local",
             ray_address="auto",
         )
+
+
+def _free_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("scheme", ["", "ray://"], ids=["gcs", "ray-client"])
+def test_an_address_nothing_listens_on_fails_at_start(
+    scheme: str, scripted: ScriptedOllama
+) -> None:
+    """A clear ConnectionError from start_session itself, within seconds, no request sent."""
+    _ray()
+    address = f"{scheme}127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    with pytest.raises(RayUnreachableError, match="no Ray cluster answers at") as info:
+        start_session(
+            model_id=SCRIPTED_MODEL, base_url=scripted.base_url, engine="ray", ray_address=address
+        )
+    assert time.monotonic() - started < ray_transport.PROBE_TIMEOUT + 2
+    assert isinstance(info.value, ConnectionError) and address in str(info.value)
+    assert scripted.requests == []  # nothing reached Ollama
+    assert not ray_transport.RayEngine._engines.get(address)
+
+
+@pytest.mark.parametrize("address", ["localhost", "http://h:6379", "ray://h", "h:port", "h:0"])
+def test_malformed_addresses_are_refused_by_name(address: str) -> None:
+    _ray()
+    with pytest.raises(InvalidInputError, match="ray_address must be"):
+        start_session(
+            model_id=SCRIPTED_MODEL,
+            base_url="http://127.0.0.1:9",
+            engine="ray",
+            ray_address=address,
+            check=False,
+        )
+
+
+def test_auto_with_no_cluster_running_fails_clearly(tmp_path: Path) -> None:
+    """``ray_address="auto"`` finds no cluster (a fresh process, Ray's temp dir empty)."""
+    _ray()
+    code = (
+        "from mellea_actors import start_session\n"
+        "try:\n"
+        "    start_session(model_id='scripted', base_url='http://127.0.0.1:9', engine='ray',\n"
+        "                  ray_address='auto', check=False)\n"
+        "except ConnectionError as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MELLEA_ACTORS_ENGINE")}
+    env["RAY_TMPDIR"] = str(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.startswith("RayUnreachableError no Ray cluster found at ray_address='auto'")
+
+
+# -- channel items (no Ray needed) ------------------------------------------------------------
+async def test_an_outbox_joins_a_streams_deltas_into_one_entry() -> None:
+    box = _Outbox(window=60.0, max_deltas=1000)
+    box.add(1, "a", "", first=True)
+    assert box.wake.is_set()  # a stream's first delta leaves at once
+    box.add(2, "x", "", first=True)
+    box.add(1, "b", "", first=False)
+    box.add(1, "c", "", first=False)
+    assert box.take() == ((1, 2), ("abc", "x"), 4, None, None)
+    box.add(2, "y", "hm", first=False)
+    assert not box.wake.is_set()  # later deltas wait for the window (or max_deltas)
+    box.add(3, "", "think", first=True)
+    box.add(2, "z", "", first=False)
+    box.end(2, (FINAL, "stop", 1, 3, 5))
+    box.end(4, (ERROR, "boom"))
+    ids, texts, deltas, thinks, ends = box.take()
+    assert ids == (2, 3, 4) and texts == ("yz", "", "") and deltas == 3
+    assert thinks == ("hm", "think", "")
+    assert ends == ((2, (FINAL, "stop", 1, 3, 5)), (4, (ERROR, "boom")))
+    assert box.take() == ((), (), 0, None, None)
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+
+    def add(self, content: str, thinking: str) -> None:
+        self.calls.append(("add", content, thinking))
+
+    def flush(self) -> None:
+        self.calls.append(("flush",))
+
+
+async def test_a_channel_gives_each_entry_one_add_and_one_flush_then_the_ends() -> None:
+    loop = asyncio.get_running_loop()
+    channel = object.__new__(ray_transport._Channel)  # the reader's half only: no Ray call
+    channel.items = channel.entries = channel.deltas = 0
+    sinks = {sid: _Sink() for sid in (1, 2, 3)}
+    listeners = {
+        sid: ray_transport._Listener(sink, loop.create_future()) for sid, sink in sinks.items()
+    }
+    channel.streams = dict(listeners)
+    final = (FINAL, "stop", 2, 7, 9)
+    error = StreamDroppedError("gone", host="http://h:1", model="m")
+    item = ((1, 2, 3), ("abc", "", "q"), 5, ("", "t", ""), ((1, final), (3, (ERROR, error))))
+    channel.dispatch(item)
+    assert sinks[1].calls == [("add", "abc", ""), ("flush",)]
+    assert sinks[2].calls == [("add", "", "t"), ("flush",)]
+    assert sinks[3].calls == [("add", "q", ""), ("flush",)]
+    assert channel.items == 1 and channel.entries == 3 and channel.deltas == 5
+    assert listeners[1].future.result().done_reason == "stop"
+    assert listeners[1].future.result().eval_count == 7
+    assert listeners[3].future.exception() is error
+    assert not listeners[2].future.done() and list(channel.streams) == [2]
+    assert [listener.delivered for listener in listeners.values()] == [1, 1, 1]
 
 
 # -- fixtures ---------------------------------------------------------------------------------
@@ -253,7 +373,127 @@ async def test_a_fail_verdict_reaches_the_server_as_a_disconnect(
     assert delay < 1.0
 
 
+def _channels(session: MelleaSession) -> list[Any]:
+    return [c for t in session.system._transports.values() for c in t._channels.values()]
+
+
+async def test_a_fast_streams_deltas_cross_joined_and_in_order(
+    scripted: ScriptedOllama, ray_session: MelleaSession
+) -> None:
+    tokens = [f"f{i} " for i in range(300)]
+    scripted.enqueue(Script(tokens=tokens, delay=0.0005))
+    mot = await ray_session.ainstruct("fast", model_options=STREAM)
+    pieces = [piece async for piece in mot]
+    assert "".join(pieces) == mot.value == "".join(tokens)
+    assert len(pieces) < len(tokens)  # several deltas per entry (one window's worth)
+    channels = _channels(ray_session)
+    assert sum(c.deltas for c in channels) == len(tokens)
+    assert sum(c.entries for c in channels) < len(tokens)
+
+
+@pytest.mark.parametrize("how", ["auto", "gcs"])
+def test_auto_and_the_gcs_address_join_the_running_ray(
+    how: str, ray_cluster: str, scripted: ScriptedOllama
+) -> None:
+    ray = _ray()
+    address = "auto" if how == "auto" else ray_cluster
+    with start_session(
+        model_id=SCRIPTED_MODEL, base_url=scripted.base_url, engine="ray", ray_address=address
+    ) as m:
+        assert m.system.ray is not None and m.system.ray.address == address
+        assert m.instruct("hello", model_options=STREAM).value == "Hello world."
+        assert _our_actors(ray)
+    assert ray.is_initialized()  # joined, not started: never shut down
+
+
+def test_the_window_comes_from_the_environment(
+    ray_cluster: str, scripted: ScriptedOllama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MELLEA_ACTORS_RAY_WINDOW_MS", "soon")
+    with pytest.raises(InvalidInputError, match="MELLEA_ACTORS_RAY_WINDOW_MS"):
+        start_session(model_id=SCRIPTED_MODEL, base_url=scripted.base_url, engine="ray")
+    monkeypatch.setenv("MELLEA_ACTORS_RAY_WINDOW_MS", "25")
+    with start_session(model_id=SCRIPTED_MODEL, base_url=scripted.base_url, engine="ray") as m:
+        assert m.instruct("hello", model_options=STREAM).value == "Hello world."
+        assert [t.window for t in m.system._transports.values()] == [0.025]
+
+
+def test_an_address_of_another_cluster_is_refused_while_connected(
+    ray_cluster: str, scripted: ScriptedOllama
+) -> None:
+    other = scripted.base_url.removeprefix("http://")  # something listens there, not this Ray
+    with pytest.raises(InvalidInputError, match="connected to the Ray cluster at"):
+        start_session(
+            model_id=SCRIPTED_MODEL, base_url=scripted.base_url, engine="ray", ray_address=other
+        )
+
+
+async def test_the_polling_channel_of_ray_client_callers(
+    scripted: ScriptedOllama, ray_session: MelleaSession
+) -> None:
+    """A ``ray://`` caller cannot hold streaming calls: its channels poll (one call per
+    item). Forced here on a driver's engine: text, order, end and cancel as with the pump —
+    the cancel through Ray alone (no control link, as for a caller outside the cluster)."""
+    engine = ray_session.system.ray
+    assert engine is not None
+    engine.client = True
+    for worker in engine.workers():
+        worker.control = None
+    try:
+        scripted.enqueue(Script(tokens=TOKENS, delay=0.002))
+        mot = await ray_session.ainstruct("polled", model_options=STREAM)
+        assert "".join([d async for d in mot]) == mot.value == "".join(TOKENS)
+        assert mot.generation is not None and mot.generation.finish_reason == "stop"
+        assert all(c._polling for c in _channels(ray_session))
+        scripted.enqueue(Script(tokens=[f"t{i} " for i in range(2000)], delay=0.01))
+        mot = await ray_session.ainstruct("long", model_options=STREAM)
+        assert await mot.astream()
+        cancelled_at = time.monotonic()
+        await mot.cancel()
+        record = await asyncio.to_thread(scripted.wait_for_disconnect, -1, WAIT)
+        assert record.disconnected_at is not None and record.disconnected_at - cancelled_at < 1
+    finally:
+        engine.client = False
+
+
 # -- supervision ------------------------------------------------------------------------------
+def test_a_killed_caller_process_stops_its_generations(
+    ray_cluster: str, scripted: ScriptedOllama
+) -> None:
+    """The workers belong to the caller's process (Ray fate-shares them): SIGKILL it mid-stream
+    and Ollama sees the disconnect."""
+    scripted.enqueue(Script(tokens=[f"t{i} " for i in range(5000)], delay=0.01))
+    code = (
+        "import asyncio\n"
+        "from mellea_actors import start_session\n"
+        "from mellea_actors.backends import ModelOption\n"
+        f"m = start_session(model_id={SCRIPTED_MODEL!r}, base_url={scripted.base_url!r},\n"
+        f"                  engine='ray', ray_address={ray_cluster!r}, ray_workers=1)\n"
+        "async def main():\n"
+        "    mot = await m.ainstruct('x', model_options={ModelOption.STREAM: True})\n"
+        "    print('text', await mot.astream(), flush=True)\n"
+        "    await asyncio.sleep(600)\n"
+        "asyncio.run(main())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MELLEA_ACTORS_ENGINE"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("text t0")
+        killed = time.monotonic()
+        proc.kill()
+        proc.wait(WAIT)
+        record = scripted.wait_for_disconnect(-1, WAIT)
+        assert record.disconnected_at is not None
+        print(f"caller killed -> disconnect: {(record.disconnected_at - killed) * 1000:.0f} ms")
+        assert record.disconnected_at - killed < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 async def test_killing_a_worker_mid_run(
     scripted: ScriptedOllama, ray_session: MelleaSession
 ) -> None:

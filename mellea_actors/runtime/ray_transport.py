@@ -17,20 +17,35 @@ the host pool, the single reader and gated validation work as in the local engin
   workers are killed (no restart) and, if this engine started Ray (``ray.init`` was not
   called yet and no address was given: a local Ray, quiet, ``num_cpus=2``, no dashboard), Ray
   is shut down. A Ray the user started is never shut down; from a cluster at an address
-  (``ray_address``, or ``RAY_ADDRESS`` when ``ray_address`` is None) the engine only
-  disconnects.
+  the engine only disconnects.
+* **Addresses** (``ray_address``, else ``RAY_ADDRESS``): None — the Ray this process joined
+  already (``ray.init``), else a local one started here; ``"auto"`` — the cluster running on
+  this machine (Ray's own lookup); ``"HOST:PORT"`` — the cluster whose GCS listens there;
+  ``"ray://HOST:PORT"`` — a Ray Client server. Anything else is an ``InvalidInputError``. An
+  explicit address is probed with a TCP connect first (:data:`PROBE_TIMEOUT`): nothing
+  listening, or ``"auto"`` finding no cluster, is a :class:`RayUnreachableError` (a
+  ``ConnectionError`` naming the address) raised by ``start_session`` before any request —
+  not Ray's own minute of reconnecting. A process already connected to one cluster refuses a
+  ``"HOST:PORT"`` naming another (one process joins one cluster). Through Ray Client, which
+  cannot hold streaming calls, the channels *poll* (``poll``: one call per item) instead of
+  pumping; everything else is the same.
 * **Choosing a worker.** Per attempt, the alive worker with the fewest streams in flight; a
   worker that died is avoided until it answers again (``ray_worker_restarted``).
 * **Batches.** Each RayTransport opens one channel per worker (a ``pump`` streaming call; see
   :mod:`~mellea_actors.runtime.ray_worker`) carrying the deltas of all its streams on that
   worker, per window (``window`` s after an item's first entry, or ``max_deltas`` deltas, or a
-  stream's first delta, whichever first). One reader task per channel, on the session's loop,
-  replays each entry into its stream's sink — ``add`` per delta, one ``flush`` — and completes
-  the stream's ``stream_chat`` with its FINAL / ERROR. (A channel per transport, not per
-  process: each session has its own loop, and the sinks are called on it.) Starts are plain
-  calls, batched per loop iteration.
+  stream's first delta, whichever first; :data:`WINDOW` — or ``MELLEA_ACTORS_RAY_WINDOW_MS``
+  when the engine starts — and :data:`MAX_DELTAS`). An item is a few
+  columns of plain values with one entry per stream, that stream's deltas of the window joined
+  into one text. One reader task per channel, on the session's loop, replays each entry into
+  its stream's sink — one ``add`` and one ``flush`` per entry — and completes the stream's
+  ``stream_chat`` with its FINAL / ERROR. So the caller parses no HTTP and no JSON, and its
+  cost per entry is the sink's, not per delta. (A channel per transport, not per process:
+  each session has its own loop, and the sinks are called on it.) Starts are plain calls,
+  batched per loop iteration. Each channel counts its ``items``, ``entries`` and ``deltas``.
 * **Cancellation.** Cancelling the task in :meth:`RayTransport.stream_chat` (``thunk.cancel()``,
-  a "fail" verdict, leaving ``async for``, session close) sends the worker ``cancel(stream_id)``
+  a "fail" verdict, leaving ``async for``, session close) sends the worker
+  ``cancel(caller_id, stream_id)``
   (or drops the start if it was not sent yet): the worker's stream task is cancelled and its
   socket closed. Closing the transport cancels its pumps and waits for its readers.
 * **A worker's death** (``ray.kill``, a crash, its node lost) fails its channels' pumps, so
@@ -52,13 +67,19 @@ import contextlib
 import itertools
 import logging
 import os
+import socket
 import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mellea_actors.errors import BackendError, InvalidInputError, StreamDroppedError
-from mellea_actors.runtime.ray_worker import ERROR, FINAL, GenerationWorker, TransportSettings
+from mellea_actors.errors import (
+    BackendError,
+    InvalidInputError,
+    MelleaActorsError,
+    StreamDroppedError,
+)
+from mellea_actors.runtime.ray_worker import ERROR, FINAL, GenerationWorker, Item, TransportSettings
 from mellea_actors.transport.ollama_http import FinalObject, normalize_host
 
 if TYPE_CHECKING:
@@ -71,26 +92,82 @@ __all__ = [
     "RayEngine",
     "RayNotInstalledError",
     "RayTransport",
+    "RayUnreachableError",
     "ray_module",
 ]
 
 RAY_NAMESPACE = "mellea_actors"
 WINDOW = 0.01
 """Seconds a channel's item may wait after its first entry (a stream's first delta never
-waits)."""
+waits). Read when a RayTransport is made (``MELLEA_ACTORS_RAY_WINDOW_MS`` overrides it). 10 ms,
+the least the design allows: 20 ms measured 0 to 10 % less CPU per chunk in the caller (fewer
+Ray items, each 0.5 to 1 ms of Ray's CPU in the caller) for 7 ms more delay at p50
+(bench/ray_streams.py, bench/README.md)."""
 MAX_DELTAS = 512
 """Deltas (and ends) per channel item at most: the item leaves at once when it holds them."""
 MAX_DEFAULT_WORKERS = 2
+PROBE_TIMEOUT = 3.0
+"""Seconds to wait for a TCP connection to an explicit Ray address before any ``ray.init``."""
 
 _log = logging.getLogger(__name__)
 _engine_ids = itertools.count(1)
-_stream_ids = itertools.count(1)
 _transport_ids = itertools.count(1)
 _channel_ids = itertools.count(1)
 
 
 class RayNotInstalledError(InvalidInputError, ImportError):
     """``engine="ray"`` without Ray installed (also an ``ImportError``)."""
+
+
+class RayUnreachableError(MelleaActorsError, ConnectionError):
+    """``engine="ray"`` with a Ray address at which no cluster answers (also a
+    ``ConnectionError``): raised by ``start_session`` itself, before any request."""
+
+
+def _parse_address(address: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of ``"ray://HOST:PORT"`` (scheme ``"ray://"``) or
+    ``"HOST:PORT"`` (a GCS address, scheme ``""``); None for ``"auto"``; otherwise an
+    :class:`InvalidInputError`."""
+    if address == "auto":
+        return None
+    scheme = "ray://" if address.startswith("ray://") else ""
+    rest = address[len(scheme) :]
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or "/" in rest or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInputError(
+            f"ray_address must be None, 'auto', 'ray://HOST:PORT' (Ray Client) or 'HOST:PORT' "
+            f"(the cluster's GCS), got {address!r}"
+        )
+    return scheme, host, int(port)
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail now, with :class:`RayUnreachableError`, if nothing listens at ``address``."""
+    parsed = _parse_address(address)
+    if parsed is None:
+        return
+    _, host, port = parsed
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise RayUnreachableError(
+            f"no Ray cluster answers at {address!r} ({host}:{port}: "
+            f"{exc.strerror or type(exc).__name__}); start one (ray start --head) or pass "
+            "ray_address=None for a local Ray"
+        ) from exc
+
+
+def _same_host_port(a: str, b: str) -> bool:
+    def resolve(address: str) -> tuple[str, int] | None:
+        parsed = _parse_address(address)
+        if parsed is None:
+            return None
+        with contextlib.suppress(OSError):
+            return socket.gethostbyname(parsed[1]), parsed[2]
+        return parsed[1], parsed[2]
+
+    return resolve(a) == resolve(b)
 
 
 def ray_module() -> Any:
@@ -113,6 +190,8 @@ class _Worker:
     actor_id: str = ""
     node_id: str = ""
     pid: int = 0
+    control: tuple[str, int, str] | None = None
+    """The worker's control port ``(ip, port, token)`` (:mod:`~.ray_worker`, "Control link")."""
     in_flight: int = 0
     down: bool = False
     deaths: int = 0
@@ -135,8 +214,12 @@ class RayEngine:
         """The engine for ``address`` (started now if needed), one reference more (any thread)."""
         if address is not None and not isinstance(address, str):
             raise InvalidInputError(
-                f"ray_address must be None, 'auto' or 'ray://HOST:PORT', got {address!r}"
+                f"ray_address must be None, 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got "
+                f"{address!r}"
             )
+        if address is not None:
+            _parse_address(address)  # InvalidInputError now, before anything starts
+        window = _window_from_env()
         if workers is not None and (
             isinstance(workers, bool) or not isinstance(workers, int) or workers < 1
         ):
@@ -146,6 +229,7 @@ class RayEngine:
             engine = cls._engines.get(address)
             if engine is None or engine._stopped:
                 engine = cls(address, workers)
+                engine.window = window
                 cls._engines[address] = engine
             engine._users += 1
             engine._logs.add(log)
@@ -166,6 +250,10 @@ class RayEngine:
         self._users = 0
         self._logs: weakref.WeakSet[SupervisionLog] = weakref.WeakSet()
         self._started_ray = False
+        self.client = False
+        """Connected through Ray Client (``ray://``): channels poll (no streaming calls)."""
+        self.window: float | None = None
+        """``MELLEA_ACTORS_RAY_WINDOW_MS`` when the engine started (s), else None: WINDOW."""
         self._started = False
         self._stopped = False
 
@@ -177,23 +265,7 @@ class RayEngine:
                     self._emit_worker(log, "ray_worker_started", w, reason="shared by sessions")
                 return
             ray = ray_module()
-            if not ray.is_initialized():
-                if self.address is None and not os.environ.get("RAY_ADDRESS"):
-                    ray.init(
-                        num_cpus=2,
-                        include_dashboard=False,
-                        logging_level=logging.WARNING,
-                        log_to_driver=False,
-                        namespace=RAY_NAMESPACE,
-                    )
-                else:  # a cluster someone else runs: ray.shutdown() only disconnects from it
-                    ray.init(
-                        address=self.address,  # None: RAY_ADDRESS
-                        logging_level=logging.WARNING,
-                        log_to_driver=False,
-                        namespace=RAY_NAMESPACE,
-                    )
-                self._started_ray = True
+            self._connect(ray)
             count, nodes = self._placement(ray)
             remote = ray.remote(GenerationWorker)
             handles = []
@@ -225,11 +297,69 @@ class RayEngine:
                             actor_id=where["actor_id"],
                             node_id=where["node_id"],
                             pid=where["pid"],
+                            control=where.get("control"),
                         )
                     )
             self._started = True
             for w in self.workers():
                 self._emit_worker(log, "ray_worker_started", w, reason=f"pid {w.pid}")
+
+    def _connect(self, ray: Any) -> None:
+        """Join (or start) Ray: ``ray_address``, else ``RAY_ADDRESS``, else a local Ray; an
+        explicit address is probed first (:class:`RayUnreachableError` within
+        :data:`PROBE_TIMEOUT` s, not Ray's own minute of retries)."""
+        address = self.address or os.environ.get("RAY_ADDRESS", "").strip() or None
+        probe = address is not None
+        if address is not None and address != self.address:  # RAY_ADDRESS: whatever Ray takes
+            try:
+                _parse_address(address)
+            except InvalidInputError:  # e.g. "local": Ray's own business, not probed
+                probe = False
+        if ray.is_initialized():  # the user's own Ray (or a session's): use it
+            if self.address is not None:
+                _probe(self.address, PROBE_TIMEOUT)
+            self.client = _client_mode()
+            current = "" if self.client else str(ray.get_runtime_context().gcs_address or "")
+            if (
+                address is not None
+                and self.address is not None  # RAY_ADDRESS is the user's concern here
+                and not address.startswith("ray://")
+                and address != "auto"
+                and current
+                and not _same_host_port(address, current)
+            ):
+                raise InvalidInputError(
+                    f"this process is connected to the Ray cluster at {current} already; "
+                    f"ray_address={address!r} names another one (one process joins one "
+                    "cluster: call ray.shutdown() first, or pass ray_address=None)"
+                )
+            return
+        if probe and address is not None:
+            _probe(address, PROBE_TIMEOUT)
+        if address is None:
+            ray.init(
+                num_cpus=2,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                namespace=RAY_NAMESPACE,
+            )
+        elif address.startswith("ray://"):  # Ray Client: its builder takes few arguments
+            ray.init(address=address, namespace=RAY_NAMESPACE, logging_level=logging.WARNING)
+        else:  # a cluster someone else runs: ray.shutdown() only disconnects from it
+            try:
+                ray.init(
+                    address=address,
+                    logging_level=logging.WARNING,
+                    log_to_driver=False,
+                    namespace=RAY_NAMESPACE,
+                )
+            except ConnectionError as exc:  # "auto" with nothing running, a dead GCS, ...
+                raise RayUnreachableError(
+                    f"no Ray cluster found at ray_address={address!r}: {exc}"
+                ) from exc
+        self._started_ray = True
+        self.client = _client_mode()
 
     def _placement(self, ray: Any) -> tuple[int, list[str]]:
         """How many workers, and the alive nodes to spread them over."""
@@ -365,7 +495,34 @@ class RayEngine:
             worker.down = False
             worker.pid = where["pid"]
             worker.node_id = where["node_id"]
+            worker.control = where.get("control")
         self._emit_worker(None, "ray_worker_restarted", worker, reason=f"pid {where['pid']}")
+
+
+def _window_from_env() -> float | None:
+    """``MELLEA_ACTORS_RAY_WINDOW_MS`` in seconds (0 to 1000 ms), None when unset."""
+    raw = os.environ.get("MELLEA_ACTORS_RAY_WINDOW_MS", "").strip()
+    if not raw:
+        return None
+    try:
+        ms = float(raw)
+    except ValueError:
+        ms = -1.0
+    if not 0 <= ms <= 1000:
+        raise InvalidInputError(
+            f"MELLEA_ACTORS_RAY_WINDOW_MS must be a number of milliseconds from 0 to 1000, got "
+            f"{raw!r}"
+        )
+    return ms / 1000
+
+
+def _client_mode() -> bool:
+    """Whether this process reaches Ray through Ray Client (``ray://``)."""
+    try:
+        from ray.util.client import ray as client
+    except ImportError:
+        return False
+    return bool(client.is_connected())
 
 
 def _is_actor_death(exc: BaseException) -> bool:
@@ -376,7 +533,7 @@ def _is_actor_death(exc: BaseException) -> bool:
 
 class _Listener:
     """One stream as its channel's reader sees it: the supervisor's sink, the future
-    ``stream_chat`` awaits, and how many deltas went to the sink."""
+    ``stream_chat`` awaits, and how many batches of text went to the sink."""
 
     __slots__ = ("delivered", "future", "sink")
 
@@ -391,31 +548,53 @@ class _Channel:
     worker's ``pump`` streaming call and the single reader task that dispatches each of its
     items' entries to the streams' sinks (module docstring, "Batches")."""
 
-    def __init__(self, worker: _Worker, caller_id: str, window: float, max_deltas: int) -> None:
+    def __init__(
+        self,
+        worker: _Worker,
+        caller_id: str,
+        window: float,
+        max_deltas: int,
+        *,
+        polling: bool = False,
+    ) -> None:
         self.worker = worker
         self.caller_id = caller_id
-        self.streams: dict[str, _Listener] = {}
+        self.streams: dict[int, _Listener] = {}
+        self.ids = itertools.count(1)  # stream ids, unique within this channel
         self.items = 0  # Ray items received
+        self.entries = 0  # their entries (one per stream with news per item)
+        self.deltas = 0  # the raw deltas they carried
         self.closed = False
         self._window = window
         self._max_deltas = max_deltas
         self._loop = asyncio.get_running_loop()
-        self._starts: list[tuple[str, str, TransportSettings, GenerationRequest]] = []
+        self._starts: list[tuple[int, str, TransportSettings, GenerationRequest]] = []
         self._started: asyncio.Future[bool] | None = None
-        self._generator: Any = worker.handle.pump.options(num_returns="streaming").remote(
-            caller_id, window, max_deltas
+        self._polling = polling
+        self._generator: Any = (
+            None
+            if polling
+            else worker.handle.pump.options(num_returns="streaming").remote(
+                caller_id, window, max_deltas
+            )
         )
         self._task = asyncio.get_running_loop().create_task(
             self._read(), name=f"ray-channel-{caller_id}"
         )
+        self._link = None if worker.control is None else _Link(worker.control, caller_id)
 
     async def _read(self) -> None:
         failure: BaseException = StreamDroppedError(
             f"the channel to {self.worker.describe()} was closed"
         )
         try:
-            async for ref in self._generator:
-                self.dispatch(await ref)
+            if self._polling:  # Ray Client: one call per item
+                poll = self.worker.handle.poll
+                while item := await poll.remote(self.caller_id, self._window, self._max_deltas):
+                    self.dispatch(item)
+            else:
+                async for ref in self._generator:
+                    self.dispatch(await ref)
             failure = StreamDroppedError(
                 f"the channel to {self.worker.describe()} ended (the worker closed)"
             )
@@ -429,7 +608,7 @@ class _Channel:
                     listener.future.set_exception(failure)
 
     def start(
-        self, stream_id: str, host: str, settings: TransportSettings, request: GenerationRequest
+        self, stream_id: int, host: str, settings: TransportSettings, request: GenerationRequest
     ) -> asyncio.Future[bool]:
         """Start a stream on the worker: the starts of one loop iteration go in one call."""
         if self._started is None:
@@ -439,7 +618,7 @@ class _Channel:
         self._starts.append((stream_id, host, settings, request))
         return self._started
 
-    def unstart(self, stream_id: str) -> bool:
+    def unstart(self, stream_id: int) -> bool:
         """Drop a start not sent yet (its stream was cancelled meanwhile); False if sent."""
         for n, start in enumerate(self._starts):
             if start[0] == stream_id:
@@ -463,42 +642,69 @@ class _Channel:
             return
         self._loop.create_task(_resolve(ref, future))
 
-    def dispatch(self, item: tuple[tuple[Any, ...], ...]) -> None:
-        """Replay one item: per entry, ``add`` per delta and one ``flush`` into its stream's
-        sink, then its end (in order: the last deltas reach the thunk before the end)."""
+    def dispatch(self, item: Item) -> None:
+        """Replay one item (:mod:`~mellea_actors.runtime.ray_worker`, "Items"): per entry, one
+        ``add`` of its text and one ``flush`` into its stream's sink; then the ends (a stream's
+        last text reaches its thunk before its end)."""
+        ids, texts, deltas, thinks, ends = item
         self.items += 1
+        self.entries += len(ids)
+        self.deltas += deltas
         streams = self.streams
-        for stream_id, contents, thinking, end in item:
-            listener = streams.get(stream_id)
-            if listener is None:  # cancelled meanwhile
-                continue
-            try:
-                if contents:
-                    sink = listener.sink
-                    if thinking is None:
-                        for content in contents:
-                            sink.add(content, "")
-                    else:
-                        for content, think in zip(contents, thinking, strict=True):
-                            sink.add(content, think)
-                    listener.delivered += len(contents)
+        if thinks is None:
+            for stream_id, text in zip(ids, texts, strict=True):
+                if not text:
+                    continue
+                listener = streams.get(stream_id)
+                if listener is None:  # cancelled meanwhile
+                    continue
+                sink = listener.sink
+                try:
+                    sink.add(text, "")
                     sink.flush()
-            except Exception as exc:  # the sink failed: that stream ends with its error
-                del streams[stream_id]
-                with contextlib.suppress(Exception):
-                    self.worker.handle.cancel.remote(stream_id)
-                if not listener.future.done():
-                    listener.future.set_exception(exc)
-                continue
-            if end is None:
-                continue
-            del streams[stream_id]
-            if listener.future.done():
+                except Exception as exc:  # the sink failed: that stream ends with its error
+                    self._sink_failed(stream_id, listener, exc)
+                    continue
+                listener.delivered += 1
+        else:
+            for stream_id, text, think in zip(ids, texts, thinks, strict=True):
+                if not text and not think:
+                    continue
+                listener = streams.get(stream_id)
+                if listener is None:
+                    continue
+                sink = listener.sink
+                try:
+                    sink.add(text, think)
+                    sink.flush()
+                except Exception as exc:
+                    self._sink_failed(stream_id, listener, exc)
+                    continue
+                listener.delivered += 1
+        if ends is None:
+            return
+        for stream_id, end in ends:
+            listener = streams.pop(stream_id, None)
+            if listener is None or listener.future.done():
                 continue
             if end[0] == FINAL:
                 listener.future.set_result(FinalObject(end[1], end[2], end[3], end[4]))
             else:
                 listener.future.set_exception(end[1])
+
+    def _sink_failed(self, stream_id: int, listener: _Listener, exc: Exception) -> None:
+        del self.streams[stream_id]
+        self.cancel(stream_id)
+        if not listener.future.done():
+            listener.future.set_exception(exc)
+
+    def cancel(self, stream_id: int) -> None:
+        """Stop one stream on the worker (its socket closes now): through the control link
+        (one hop), and through Ray (ordered after the start; there if the link is not)."""
+        if self._link is not None:
+            self._link.cancel(stream_id)
+        with contextlib.suppress(Exception):
+            self.worker.handle.cancel.remote(self.caller_id, stream_id)
 
     @property
     def reader(self) -> asyncio.Task[None]:
@@ -507,13 +713,52 @@ class _Channel:
     def close(self) -> None:
         """Stop the pump (the worker cancels this channel's streams) and the reader."""
         self.closed = True
+        if self._link is not None:
+            self._link.close()
         with contextlib.suppress(Exception):
-            ray_module().cancel(self._generator)
+            if self._polling:
+                self.worker.handle.leave.remote(self.caller_id)
+            else:
+                ray_module().cancel(self._generator)
         self._task.cancel()
 
     def forget(self) -> None:
         """Drop the Ray streaming call (after the reader ended)."""
         self._generator = None
+
+
+class _Link:
+    """A channel's control link to its worker (:mod:`~mellea_actors.runtime.ray_worker`,
+    "Control link"): a TCP connection opened in the background (nothing waits for it; a
+    cancel before it is up, or after it broke, goes through Ray alone)."""
+
+    __slots__ = ("_task", "_writer")
+
+    def __init__(self, control: tuple[str, int, str], caller_id: str) -> None:
+        self._writer: asyncio.StreamWriter | None = None
+        self._task = asyncio.get_running_loop().create_task(self._open(control, caller_id))
+
+    async def _open(self, control: tuple[str, int, str], caller_id: str) -> None:
+        host, port, token = control
+        try:
+            async with asyncio.timeout(5):
+                _, writer = await asyncio.open_connection(host, port)  # TCP_NODELAY: asyncio's
+        except (OSError, TimeoutError):
+            return
+        writer.write(f"{token} {caller_id}\n".encode())
+        self._writer = writer
+
+    def cancel(self, stream_id: int) -> None:
+        writer = self._writer
+        if writer is not None and not writer.is_closing():
+            with contextlib.suppress(Exception):
+                writer.write(b"%d\n" % stream_id)
+
+    def close(self) -> None:
+        self._task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -543,15 +788,17 @@ class RayTransport:
         connect_timeout: float = 10.0,
         max_in_flight: int | None = None,
         queue_timeout: float | None = 300.0,
-        window: float = WINDOW,
-        max_deltas: int = MAX_DELTAS,
+        window: float | None = None,
+        max_deltas: int | None = None,
     ) -> None:
         self.host = normalize_host(host)
         self.engine = engine
         self._log = log
         self._settings = (connect_timeout, max_in_flight, queue_timeout)
+        if window is None:  # read now: the environment's (when the engine started), or WINDOW
+            window = WINDOW if engine.window is None else engine.window
         self.window = window
-        self.max_deltas = max_deltas
+        self.max_deltas = MAX_DELTAS if max_deltas is None else max_deltas
         self._died_under: dict[str, set[_Worker]] = {}
         """Request id -> the workers that died during one of its attempts (its retry goes
         elsewhere); dropped when an attempt ends otherwise."""
@@ -563,14 +810,15 @@ class RayTransport:
         channel = self._channels.get(worker)
         if channel is None or channel.closed:
             caller_id = f"{self.engine.id}-t{self._id}-{next(_channel_ids)}"
-            channel = _Channel(worker, caller_id, self.window, self.max_deltas)
+            channel = _Channel(
+                worker, caller_id, self.window, self.max_deltas, polling=self.engine.client
+            )
             self._channels[worker] = channel
         return channel
 
     async def stream_chat(self, request: GenerationRequest, sink: DeltaSink) -> FinalObject:
         rid = request.request_id
         worker = self.engine._choose(self._died_under.get(rid))
-        stream_id = f"{request.request_id}-{next(_stream_ids)}"
         self._log.emit(
             "ray_stream",
             actor=worker.name,
@@ -583,8 +831,10 @@ class RayTransport:
         listener: _Listener | None = None
         died = False
         channel: _Channel | None = None
+        stream_id = 0
         try:
             channel = self._channel(worker)
+            stream_id = next(channel.ids)
             listener = _Listener(sink, asyncio.get_running_loop().create_future())
             channel.streams[stream_id] = listener  # before start: its first item may be near
             started = await asyncio.shield(
@@ -598,9 +848,8 @@ class RayTransport:
                 )
             return await listener.future
         except asyncio.CancelledError:
-            if channel is None or not channel.unstart(stream_id):
-                with contextlib.suppress(Exception):
-                    worker.handle.cancel.remote(stream_id)  # the worker closes the socket now
+            if channel is not None and not channel.unstart(stream_id):
+                channel.cancel(stream_id)  # the worker closes the socket now
             raise
         except BackendError:
             raise
@@ -625,7 +874,7 @@ class RayTransport:
                 model=request.model,
             )
         when = (
-            f"after {delivered} deltas were delivered (not retried)"
+            f"after text was delivered ({delivered} batches; not retried)"
             if delivered
             else "before any text (the generation is sent again to another worker)"
         )
