@@ -153,11 +153,11 @@ async def test_a_full_host_is_not_hammered_with_retries(scripted: ScriptedOllama
 async def test_a_burst_beyond_what_the_host_takes_opens_few_connections(
     scripted: ScriptedOllama,
 ) -> None:
-    """Regression (memory): the limit started at max_in_flight, so a burst of 1,000 requests to a
-    host that takes 40 sent all 1,000 (960 answered 503), and the process kept the memory of
-    1,000 open connections. Slow start (admission.py) sends INITIAL_LIMIT, then one more per
-    request the host takes, until its first 503."""
-    n, takes = 1000, 40
+    """Regression (memory): the limit started at max_in_flight, so a burst of 2,048 requests to a
+    host that takes 40 sent all of them (all but 40 answered 503), and the process kept the
+    memory of every connection it had opened. Slow start (admission.py) sends INITIAL_LIMIT,
+    then one more per request the host takes, until its first 503."""
+    n, takes = 2 * INITIAL_LIMIT, 40
     assert default_max_in_flight() >= n > INITIAL_LIMIT
     scripted.set_max_active(takes)
     scripted.set_script(Script(tokens=("x",), first_delay=2.0))

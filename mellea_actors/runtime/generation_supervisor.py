@@ -73,6 +73,7 @@ import contextlib
 import functools
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -188,6 +189,10 @@ class _Generation:
     """Pool only: the running attempt is being stopped because its host was removed."""
 
 
+#: Granted attempts started per loop iteration at most (see ``admission_granted``).
+START_BURST = 32
+
+
 class _DeltaBatch:
     """The generator's :class:`~mellea_actors.transport.ollama_http.DeltaSink` (loop thread).
 
@@ -220,13 +225,17 @@ class _DeltaBatch:
             self._thinking.append(thinking)
 
     def flush(self) -> None:
-        if not self._texts and not self._thinking:
+        texts, thinking = self._texts, self._thinking
+        if not texts and not thinking:
             return
-        message = DeltasArrived(tuple(self._texts), "".join(self._thinking), self._at)
-        self._texts.clear()
-        self._thinking.clear()
-        with contextlib.suppress(pykka.ActorDeadError):  # a crashed thunk: reported elsewhere
+        message = DeltasArrived(tuple(texts), "".join(thinking) if thinking else "", self._at)
+        texts.clear()
+        if thinking:
+            thinking.clear()
+        try:  # noqa: SIM105 (not contextlib.suppress: this runs once per network read)
             tell_here(self._gen.thunk, message)
+        except pykka.ActorDeadError:  # a crashed thunk: reported elsewhere
+            pass
 
 
 class GenerationSupervisor(RuntimeActor):
@@ -258,6 +267,8 @@ class GenerationSupervisor(RuntimeActor):
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._tag_watchers: dict[str, asyncio.Task[None]] = {}
         self._tags_every = tags_every
+        self._starting: deque[_Generation] = deque()  # granted attempts, to start (FIFO)
+        self._start_scheduled = False
         self._pool = None if hosts is None else HostPool(hosts, self._breaker)
 
     # lifecycle -------------------------------------------------------------------------------
@@ -370,11 +381,29 @@ class GenerationSupervisor(RuntimeActor):
 
     def admission_granted(self, ticket: Ticket) -> None:
         """An attempt that waited got its place at the host's admission (loop thread, inside
-        the admission: another request ended, or the limit grew). A cancel takes the ticket out
-        of the queue first, so the attempt is still wanted."""
+        the admission: another request ended, or the limit grew). Its task starts soon, at
+        most ``START_BURST`` per loop iteration (:meth:`_start_granted`): a slow start that
+        grants hundreds at once would otherwise open hundreds of connections in one iteration
+        while the running streams' chunks wait."""
         gen: _Generation = ticket.token
         assert gen.place is ticket
-        self._start_attempt(gen, self.transport_for(gen.host), ticket)
+        self._starting.append(gen)
+        if not self._start_scheduled:
+            self._start_scheduled = True
+            self.actor_loop.loop.call_soon(self._start_granted)
+
+    def _start_granted(self) -> None:
+        starting = self._starting
+        for _ in range(min(len(starting), START_BURST)):
+            gen = starting.popleft()
+            place = gen.place
+            if place is None or place.state != 1 or gen.task is not None or gen.cancel_reason:
+                continue  # cancelled since (its place was given back then)
+            self._start_attempt(gen, self.transport_for(gen.host), place)
+        if starting:
+            self.actor_loop.loop.call_soon(self._start_granted)
+        else:
+            self._start_scheduled = False
 
     def admission_expired(self, ticket: Ticket) -> None:
         """An attempt waited ``queue_timeout`` s for a place (loop thread, the admission's
@@ -432,11 +461,16 @@ class GenerationSupervisor(RuntimeActor):
         self._end_cancelled(gen)
 
     def _unqueue(self, gen: _Generation) -> bool:
-        """Take an attempt that waits for a place out of its host's queue (and give back its
-        pool slot); False if it was not waiting."""
+        """Take an attempt that waits for a place — in its host's queue, or granted and about
+        to start — out (and give back its pool slot); False if it was not waiting. Only for an
+        attempt whose task is not running."""
         place, gen.place = gen.place, None
-        if place is None or not place.cancel():
+        if place is None:
             return False
+        if not place.cancel():  # granted already (in _starting) or ended: give the place back
+            if place.state != 1:
+                return False
+            place.release()
         slot, gen.slot = gen.slot, None
         if slot is not None:
             self._release(slot)
