@@ -199,7 +199,11 @@ def _settle_all(futures: list[asyncio.Future[None]]) -> None:
 
 
 WAKE_COALESCE = 0.001
-"""Seconds: at most one hand-over of batched wake-ups per target loop in this interval."""
+"""Seconds: at most one hand-over per target loop in this interval carries the *coalescable*
+wake-ups (a reader woken for more text of a stream it already reads); every other wake-up —
+a stream's first text, its outcome, a reply, a signal — goes in the next iteration. (1 ms: 3 ms
+saved no CPU that ``bench/`` many_streams could tell from its noise, and adds to the delay of
+every chunk under load.)"""
 
 
 class _WakeBatch:
@@ -207,36 +211,53 @@ class _WakeBatch:
 
     One ``call_soon_threadsafe`` per target loop (one self-pipe write, one wake-up of the
     target's thread, one GIL hand-over) carries every reader woken since the last hand-over,
-    instead of one each. When the last hand-over is older than :data:`WAKE_COALESCE` the next
-    one goes early in the source loop's next iteration; otherwise it waits until that interval
-    has passed, so under load a thread crossing carries many wake-ups and delivery is delayed by
-    at most that interval. Owned by the source loop's thread (it lives in that thread's
-    ``threading.local``); only that thread touches it.
+    instead of one each. A hand-over goes early in the source loop's next iteration when it
+    carries a wake-up that is not coalescable, or when the last one is older than
+    :data:`WAKE_COALESCE`; otherwise it waits until that interval has passed, so under load a
+    thread crossing carries many wake-ups and more text of a stream is delayed by at most that
+    interval. Owned by the source loop's thread (it lives in that thread's ``threading.local``);
+    only that thread touches it.
     """
 
-    __slots__ = ("_last", "_loop", "_pending")
+    __slots__ = ("_last", "_loop", "_pending", "_soon", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pending: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         self._last = 0.0
+        self._soon = False  # a hand-over is scheduled for the next iteration
+        self._timer: asyncio.TimerHandle | None = None  # one is scheduled for later
 
-    def add(self, target: asyncio.AbstractEventLoop, future: asyncio.Future[None]) -> None:
+    def add(
+        self, target: asyncio.AbstractEventLoop, future: asyncio.Future[None], coalesce: bool
+    ) -> None:
         futures = self._pending.get(target)
-        if futures is not None:
+        if futures is None:
+            self._pending[target] = [future]
+        else:
             futures.append(future)
+        if self._soon:
             return
-        if not self._pending:
-            loop = self._loop
+        loop = self._loop
+        if coalesce:
+            if self._timer is not None:
+                return
             delay = self._last + WAKE_COALESCE - loop.time()
-            if delay <= 0:
-                loop.call_soon(self._flush)
-            else:
-                loop.call_later(delay, self._flush)
-        self._pending[target] = [future]
+            if delay > 0:
+                self._timer = loop.call_later(delay, self._flush)
+                return
+        elif self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._soon = True
+        loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._last = self._loop.time()
+        self._soon = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         pending, self._pending = self._pending, {}
         for target, futures in pending.items():
             with contextlib.suppress(RuntimeError):  # that loop is closed: nobody to wake
@@ -291,8 +312,10 @@ class Waker:
         """A waker for a plain thread (waits with :meth:`wait_sync`)."""
         return cls(None, None, threading.Event())
 
-    def wake(self) -> None:
-        """Wake the waiter (from any thread; more calls do nothing)."""
+    def wake(self, coalesce: bool = False) -> None:
+        """Wake the waiter (from any thread; more calls do nothing). ``coalesce``: it is woken
+        for more of what it already gets (more text of a stream): a wake-up from another loop
+        may then wait up to :data:`WAKE_COALESCE` to travel with others."""
         if self._event is not None:
             self._event.set()
             return
@@ -302,7 +325,7 @@ class Waker:
         if here is loop:
             loop.call_soon(_settle, future)
         elif here is not None:  # from another loop's callback: handed over once per tick
-            _wake_batch(here).add(loop, future)
+            _wake_batch(here).add(loop, future, coalesce)
         else:
             with contextlib.suppress(RuntimeError):  # the waiter's loop is closed: nobody
                 loop.call_soon_threadsafe(_settle, future)  # to wake

@@ -123,12 +123,13 @@ class ThunkCell:
             if self.waker is waker:
                 self.waker = None
 
-    def wake_reader(self) -> None:
-        """Called by the actor after publishing text or the outcome: wake the parked reader."""
+    def wake_reader(self, more: bool = False) -> None:
+        """Called by the actor after publishing text or the outcome: wake the parked reader
+        (``more``: more text of a stream that has some already, a coalescable wake-up)."""
         with self.lock:
             waker, self.waker = self.waker, None
         if waker is not None:
-            waker.wake()
+            waker.wake(more)
 
     # -- reads (any thread) ---------------------------------------------------------------------
     def snapshot_text(self) -> str:
@@ -242,7 +243,8 @@ class ThunkActor(RuntimeActor):
         cell = self.cell
         if cell.outcome is not None:
             return
-        if cell.status is ThunkStatus.PENDING:
+        more = cell.status is not ThunkStatus.PENDING
+        if not more:
             cell.status = ThunkStatus.STREAMING
             cell.first_delta_at = message.at or time.monotonic()
         if message.thinking:
@@ -251,8 +253,9 @@ class ThunkActor(RuntimeActor):
             cell.thinking.append(message.thinking)
         if not message.deltas:
             return
+        had = len(cell.deltas)
         cell.deltas.extend(message.deltas)
-        cell.wake_reader()
+        cell.wake_reader(more and had > 0)
         pending = self._take_pending_read()
         if pending is not None and not pending[1].done():
             pending[1].set_result(read_from(cell, pending[0].cursor))
