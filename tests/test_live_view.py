@@ -41,6 +41,8 @@ from mellea_actors.stdlib.streaming import StreamChunkingResult, stream_with_chu
 from mellea_actors.testing import Script, ScriptedOllama
 from tests.chromium_helper import dump_dom, ensure_chromium, screenshot
 
+from .process_state import open_sockets
+
 STREAM = {ModelOption.STREAM: True}
 WAIT = 30.0  # bound of every wait on the runtime
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,17 +90,6 @@ def get_json(url: str, **kwargs: Any) -> Any:
     status, _, body = http(url, **kwargs)
     assert status == 200, (status, body[:500])
     return json.loads(body)
-
-
-def open_sockets() -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                count += 1
-        except OSError:
-            pass
-    return count
 
 
 def live_view_threads() -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -12,18 +11,9 @@ from mellea_actors import start_session
 from mellea_actors.backends import ModelOption
 from mellea_actors.testing import Script, ScriptedOllama
 
+from .process_state import open_sockets
+
 LONG = Script(tokens=[f"t{i} " for i in range(1000)], delay=0.01)
-
-
-def open_sockets() -> int:
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                count += 1
-        except OSError:
-            pass
-    return count
 
 
 def test_closing_a_session_cancels_its_generations(scripted: ScriptedOllama) -> None:
