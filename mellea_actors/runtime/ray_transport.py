@@ -590,7 +590,9 @@ class _Channel:
         try:
             if self._polling:  # Ray Client: one call per item
                 poll = self.worker.handle.poll
-                while item := await poll.remote(self.caller_id, self._window, self._max_deltas):
+                while item := await _client_safe(
+                    poll.remote(self.caller_id, self._window, self._max_deltas)
+                ):
                     self.dispatch(item)
             else:
                 async for ref in self._generator:
@@ -640,7 +642,7 @@ class _Channel:
         except Exception as exc:
             future.set_exception(exc)
             return
-        self._loop.create_task(_resolve(ref, future))
+        self._loop.create_task(_resolve(ref, future, client=self._polling))
 
     def dispatch(self, item: Item) -> None:
         """Replay one item (:mod:`~mellea_actors.runtime.ray_worker`, "Items"): per entry, one
@@ -766,9 +768,19 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()  # retrieved: the streams that awaited it may all have left
 
 
-async def _resolve(ref: Any, future: asyncio.Future[bool]) -> None:
+async def _client_safe(ref: Any) -> Any:
+    """Await a Ray Client ``ObjectRef`` without ever cancelling its ``concurrent.futures``
+    future. Ray Client (2.x, ``ClientObjectRef.future``) sets the result of that future
+    without checking whether it was cancelled: ``await ref`` cancelled (a channel closing while
+    its ``poll`` waits, a timeout) makes its data thread log an ``InvalidStateError`` when the
+    answer comes, and die with a traceback when the connection closes (its pending callbacks
+    raise again). Shielded, a cancelled wait leaves the future to complete unobserved."""
+    return await asyncio.shield(asyncio.wrap_future(ref.future()))
+
+
+async def _resolve(ref: Any, future: asyncio.Future[bool], *, client: bool = False) -> None:
     try:
-        result = await ref
+        result = await (_client_safe(ref) if client else ref)
     except Exception as exc:
         future.set_exception(exc)
     else:
@@ -893,7 +905,7 @@ class RayTransport:
             ref = getattr(worker.handle, method).remote(self.host, self._settings, timeout)
             try:
                 async with asyncio.timeout(timeout + 5):
-                    kind, value = await ref
+                    kind, value = await (_client_safe(ref) if self.engine.client else ref)
             except TimeoutError:
                 from mellea_actors.errors import BackendUnavailableError
 
