@@ -243,8 +243,7 @@ class ThunkActor(RuntimeActor):
         cell = self.cell
         if cell.outcome is not None:
             return
-        more = cell.status is not ThunkStatus.PENDING
-        if not more:
+        if cell.status is ThunkStatus.PENDING:
             cell.status = ThunkStatus.STREAMING
             cell.first_delta_at = message.at or time.monotonic()
         if message.thinking:
@@ -253,9 +252,9 @@ class ThunkActor(RuntimeActor):
             cell.thinking.append(message.thinking)
         if not message.deltas:
             return
-        had = len(cell.deltas)
+        more = bool(cell.deltas)  # the reader has text already: a coalescable wake-up
         cell.deltas.extend(message.deltas)
-        cell.wake_reader(more and had > 0)
+        cell.wake_reader(more)
         pending = self._take_pending_read()
         if pending is not None and not pending[1].done():
             pending[1].set_result(read_from(cell, pending[0].cursor))
