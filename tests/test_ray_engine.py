@@ -313,16 +313,21 @@ async def test_backend_errors_arrive_as_the_same_classes(
 async def test_cancel_reaches_the_server_as_a_disconnect(
     scripted: ScriptedOllama, ray_session: MelleaSession
 ) -> None:
+    delay = await _cancel_mid_stream(scripted, ray_session)
+    print(f"cancel -> disconnect through Ray: {delay * 1000:.1f} ms")
+    assert delay < 1.0
+
+
+async def _cancel_mid_stream(scripted: ScriptedOllama, session: MelleaSession) -> float:
+    """Cancel a long stream after its first text; seconds until the server saw the disconnect."""
     scripted.enqueue(Script(tokens=[f"t{i} " for i in range(2000)], delay=0.01))
-    mot = await ray_session.ainstruct("long", model_options=STREAM)
+    mot = await session.ainstruct("long", model_options=STREAM)
     assert await mot.astream()
     cancelled_at = time.monotonic()
     await mot.cancel()
     record = await asyncio.to_thread(scripted.wait_for_disconnect, -1, WAIT)
     assert record.disconnected_at is not None
-    delay = record.disconnected_at - cancelled_at
-    print(f"cancel -> disconnect through Ray: {delay * 1000:.1f} ms")
-    assert delay < 1.0
+    return record.disconnected_at - cancelled_at
     assert mot.is_computed() and mot.value is not None and mot.value.startswith("t0 ")
 
 
@@ -451,13 +456,7 @@ async def test_the_polling_channel_of_ray_client_callers(
         assert "".join([d async for d in mot]) == mot.value == "".join(TOKENS)
         assert mot.generation is not None and mot.generation.finish_reason == "stop"
         assert all(c._polling for c in _channels(ray_session))
-        scripted.enqueue(Script(tokens=[f"t{i} " for i in range(2000)], delay=0.01))
-        mot = await ray_session.ainstruct("long", model_options=STREAM)
-        assert await mot.astream()
-        cancelled_at = time.monotonic()
-        await mot.cancel()
-        record = await asyncio.to_thread(scripted.wait_for_disconnect, -1, WAIT)
-        assert record.disconnected_at is not None and record.disconnected_at - cancelled_at < 1
+        assert await _cancel_mid_stream(scripted, ray_session) < 1
     finally:
         engine.client = False
 
