@@ -76,7 +76,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import pykka
 
@@ -121,21 +121,19 @@ from mellea_actors.runtime.messages import (
 from mellea_actors.runtime.restart_policy import RestartIntensity, RestartPolicy
 
 if TYPE_CHECKING:
+    from mellea_actors.errors import QueueTimeoutError
     from mellea_actors.runtime.log import SupervisionLog
-    from mellea_actors.transport.admission import Ticket
+    from mellea_actors.transport.admission import AdmissionClient, Ticket
     from mellea_actors.transport.ollama_http import DeltaSink, FinalObject
 
-__all__ = ["ChatTransport", "GenerationSupervisor"]
+__all__ = ["AdmittingTransport", "ChatTransport", "GenerationSupervisor"]
 
 
 class ChatTransport(Protocol):
     """What the supervisor needs from the transport of one host (used on the actor loop only).
 
-    A transport may also have ``admit(model, on_grant, on_expire) -> Ticket`` (as
-    :meth:`~mellea_actors.transport.ollama_http.OllamaTransport.admit` does): the supervisor
-    then starts a generator task only once the host's admission has a place for it, and hands
-    the place to ``stream_chat(..., place=ticket)``. Without it, each generator waits inside
-    ``stream_chat``.
+    A transport that also has ``admit`` is an :class:`AdmittingTransport`; without it, each
+    generator waits for its place inside ``stream_chat``.
     """
 
     async def stream_chat(self, request: GenerationRequest, sink: DeltaSink) -> FinalObject:
@@ -151,6 +149,27 @@ class ChatTransport(Protocol):
 
     async def list_models(self, timeout: float = ...) -> list[str]:
         """The host's models (``/api/tags``; used by a pool only)."""
+        ...
+
+
+class AdmittingTransport(ChatTransport, Protocol):
+    """A transport whose admission the supervisor waits on itself (as
+    :class:`~mellea_actors.transport.ollama_http.OllamaTransport` does): a generator task
+    starts only once the host has a place for it, and the place is handed to ``stream_chat``.
+    """
+
+    def admit(self, client: AdmissionClient, token: Any = None) -> Ticket:
+        """A ticket that holds a place now, or waits (``client`` is told); see admission.py."""
+        ...
+
+    def queue_timeout_error(self, model: str) -> QueueTimeoutError:
+        """The error of a request that waited ``queue_timeout`` s for a place."""
+        ...
+
+    async def stream_chat(
+        self, request: GenerationRequest, sink: DeltaSink, *, place: Ticket | None = None
+    ) -> FinalObject:
+        """As :meth:`ChatTransport.stream_chat`, holding ``place`` (released here)."""
         ...
 
 
@@ -361,13 +380,13 @@ class GenerationSupervisor(RuntimeActor):
             pool.acquire(target)
             gen.slot = target
         transport = self.transport_for(gen.host)
-        admit = getattr(transport, "admit", None)
-        if admit is None:
+        if not hasattr(transport, "admit"):
             self._start_attempt(gen, transport, None)
             return
-        place: Ticket = admit(self, gen)  # self: the AdmissionClient; gen: the ticket's token
+        # self: the AdmissionClient; gen: the ticket's token
+        place = cast("AdmittingTransport", transport).admit(self, gen)
         gen.place = place
-        if place.state == 1:  # a place now; else the task starts when one frees (_admitted)
+        if place.state == 1:  # a place now; else admission_granted starts it when one frees
             self._start_attempt(gen, transport, place)
 
     def _start_attempt(
@@ -413,7 +432,8 @@ class GenerationSupervisor(RuntimeActor):
         gen: _Generation = ticket.token
         assert gen.place is ticket
         gen.place = None
-        error = self.transport_for(gen.host).queue_timeout_error(gen.request.model)  # type: ignore[attr-defined]
+        transport = cast("AdmittingTransport", self.transport_for(gen.host))
+        error = transport.queue_timeout_error(gen.request.model)
         self._report(GeneratorExited(gen.request.request_id, gen.attempt, gen.deltas, error=error))
 
     def _generator_done(
@@ -861,7 +881,8 @@ class GenerationSupervisor(RuntimeActor):
             if place is None:
                 final = await transport.stream_chat(request, batch)
             else:
-                final = await transport.stream_chat(request, batch, place=place)  # type: ignore[call-arg]
+                admitting = cast("AdmittingTransport", transport)
+                final = await admitting.stream_chat(request, batch, place=place)
         except asyncio.CancelledError:
             batch.flush()  # the deltas reach the thunk before _generator_done ends it
             raise
