@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +29,7 @@ from mellea_actors.errors import (
     StreamTimeoutError,
 )
 from mellea_actors.runtime.breaker import BreakerPolicy
-from mellea_actors.runtime.generation_supervisor import GenerationSupervisor
+from mellea_actors.runtime.generation_supervisor import START_BURST, GenerationSupervisor
 from mellea_actors.runtime.log import SupervisionLog
 from mellea_actors.runtime.loop import ActorLoop
 from mellea_actors.runtime.messages import (
@@ -376,6 +376,57 @@ def test_cancel_during_a_restart_backoff_ends_the_thunk_cancelled(actor_loop: Ac
     assert outcome.status is ThunkStatus.CANCELLED
     assert outcome.cancel_reason == "not worth waiting"
     assert len(transport.calls) == 1 and not h.events("r1", "generator_restarted")
+
+
+class _TickedTransport(FakeTransport):
+    """Records, per ``stream_chat`` call, the loop iteration it began in (``tick``: a callback
+    that schedules itself again runs once per iteration of the loop)."""
+
+    def __init__(self, *attempts: Attempt, default: Attempt | None = None) -> None:
+        super().__init__(*attempts, default=default)
+        self.tick = 0
+        self.ticking = True
+        self.began_at: list[int] = []
+
+    def ticker(self) -> None:
+        self.tick += 1
+        if self.ticking:
+            asyncio.get_running_loop().call_soon(self.ticker)
+
+    async def stream_chat(self, request: GenerationRequest, sink: Any) -> FakeFinal:
+        self.began_at.append(self.tick)
+        return await super().stream_chat(request, sink)
+
+
+def test_attempts_admitted_together_start_at_most_a_burst_per_loop_iteration(
+    actor_loop: ActorLoop,
+) -> None:
+    """Regression (p99 delay, bench scenario 4): every attempt admitted at once was started
+    inline, so 1,000 thunks created together opened their connections in one or two loop
+    iterations while the running streams' chunks waited (up to 140 ms)."""
+    n = 3 * START_BURST + 5
+    transport = _TickedTransport(default=Attempt(deltas=("x",)))
+    h = Harness(actor_loop, transport)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # the loop waits while every StartGeneration is queued
+        held.set()
+        release.wait(WAIT)
+
+    actor_loop.loop.call_soon_threadsafe(hold)
+    assert held.wait(WAIT)
+    handles = [h.start(f"b{k}") for k in range(n)]
+    actor_loop.loop.call_soon_threadsafe(transport.ticker)
+    release.set()
+    try:
+        for handle in handles:
+            assert h.outcome(handle).status is ThunkStatus.COMPUTED
+    finally:
+        transport.ticking = False
+    per_iteration = Counter(transport.began_at)
+    assert len(transport.began_at) == n
+    assert max(per_iteration.values()) <= START_BURST
+    assert len(per_iteration) >= 4  # n = 3 bursts and a bit: at least four iterations
 
 
 def test_stopping_the_supervisor_cancels_its_generators(actor_loop: ActorLoop) -> None:

@@ -15,6 +15,11 @@ Ollama through the transport and tells the thunk actor every chunk. The supervis
   supervisor is the tickets' client, and starts the generator task when the ticket is granted
   (``admission_granted``), or exits the attempt with the queue timeout's error
   (``admission_expired``). A cancel takes the ticket out of the queue: nothing was sent.
+* Every attempt that may start (a place at once, or granted later) is started from one FIFO,
+  ``_starting``, at most :data:`START_BURST` per loop iteration: starting a stream (its task's
+  first step opens a connection and sends the request) costs ~100-250 µs of the loop, so the
+  running streams' chunks wait for a burst of starts in one iteration (a caller creating
+  1,000 thunks at once delayed the first chunks by up to 140 ms; bench/README.md).
 
 Ownership, precisely:
 
@@ -206,12 +211,17 @@ class _Generation:
     """Pool only: the last error each host gave this generation (for the final error)."""
     evicted: BaseException | None = None
     """Pool only: the running attempt is being stopped because its host was removed."""
+    starting: bool = False
+    """The current attempt waits in ``_starting`` (its place, if any, granted): cleared when
+    it starts or is taken out (``_unqueue``), so a stale entry of the deque is skipped."""
 
 
-#: Granted attempts started per loop iteration at most (see ``admission_granted``). (With 32,
-#: 3,000 streams started at once on a saturated loop took over 2 s to all start: bench scaling
-#: saw at most 2,976 in flight at once; with 128 all 3,000.)
-START_BURST = 128
+#: Attempts started per loop iteration at most (see ``_queue_start``). Each start is ~100-250
+#: µs of the loop, and the running streams' reads wait behind a burst: 16 keeps that to a few
+#: ms. (Measured on bench scenario 4, 1,000 streams created at once: with every immediate
+#: admission started inline and 128 granted ones per iteration, first chunks waited up to
+#: 140 ms and the p99 delay was 15-28 ms; with 16 for all, 4-8 ms; 4 measured like 16.)
+START_BURST = 16
 
 
 class _DeltaBatch:
@@ -288,7 +298,8 @@ class GenerationSupervisor(RuntimeActor):
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._tag_watchers: dict[str, asyncio.Task[None]] = {}
         self._tags_every = tags_every
-        self._starting: deque[_Generation] = deque()  # granted attempts, to start (FIFO)
+        # attempts that may start, with their transport (FIFO; _queue_start)
+        self._starting: deque[tuple[_Generation, ChatTransport]] = deque()
         self._start_scheduled = False
         self._pool = None if hosts is None else HostPool(hosts, self._breaker)
 
@@ -380,14 +391,13 @@ class GenerationSupervisor(RuntimeActor):
             pool.acquire(target)
             gen.slot = target
         transport = self.transport_for(gen.host)
-        if not hasattr(transport, "admit"):
-            self._start_attempt(gen, transport, None)
-            return
-        # self: the AdmissionClient; gen: the ticket's token
-        place = cast("AdmittingTransport", transport).admit(self, gen)
-        gen.place = place
-        if place.state == 1:  # a place now; else admission_granted starts it when one frees
-            self._start_attempt(gen, transport, place)
+        if hasattr(transport, "admit"):
+            # self: the AdmissionClient; gen: the ticket's token
+            place = cast("AdmittingTransport", transport).admit(self, gen)
+            gen.place = place
+            if place.state != 1:  # no place now: admission_granted queues it when one frees
+                return
+        self._queue_start(gen, transport)
 
     def _start_attempt(
         self, gen: _Generation, transport: ChatTransport, place: Ticket | None
@@ -402,27 +412,38 @@ class GenerationSupervisor(RuntimeActor):
 
     def admission_granted(self, ticket: Ticket) -> None:
         """An attempt that waited got its place at the host's admission (loop thread, inside
-        the admission: another request ended, or the limit grew). Its task starts soon, at
-        most ``START_BURST`` per loop iteration (:meth:`_start_granted`): a slow start that
-        grants hundreds at once would otherwise open hundreds of connections in one iteration
-        while the running streams' chunks wait."""
+        the admission: another request ended, or the limit grew): it is queued to start."""
         gen: _Generation = ticket.token
         assert gen.place is ticket
-        self._starting.append(gen)
+        self._queue_start(gen, self.transport_for(gen.host))
+
+    def _queue_start(self, gen: _Generation, transport: ChatTransport) -> None:
+        """``gen``'s attempt may start (its place, if any, is held): its task starts soon, at
+        most :data:`START_BURST` per loop iteration (:meth:`_start_queued`), in FIFO order. A
+        slow start that grants hundreds at once, or a caller creating hundreds of thunks in
+        one go, would otherwise open hundreds of connections in one iteration while the
+        running streams' chunks wait."""
+        gen.starting = True
+        self._starting.append((gen, transport))
         if not self._start_scheduled:
             self._start_scheduled = True
-            self.actor_loop.loop.call_soon(self._start_granted)
+            self.actor_loop.loop.call_soon(self._start_queued)
 
-    def _start_granted(self) -> None:
+    def _start_queued(self) -> None:
         starting = self._starting
         for _ in range(min(len(starting), START_BURST)):
-            gen = starting.popleft()
+            gen, transport = starting.popleft()
+            if not gen.starting:
+                continue  # taken out since (cancelled, or moved: a later entry is its own)
+            gen.starting = False
             place = gen.place
-            if place is None or place.state != 1 or gen.task is not None or gen.cancel_reason:
-                continue  # cancelled since (its place was given back then)
-            self._start_attempt(gen, self.transport_for(gen.host), place)
+            if gen.task is not None or gen.cancel_reason:
+                continue
+            if place is not None and place.state != 1:  # its place was given back since
+                continue
+            self._start_attempt(gen, transport, place)
         if starting:
-            self.actor_loop.loop.call_soon(self._start_granted)
+            self.actor_loop.loop.call_soon(self._start_queued)
         else:
             self._start_scheduled = False
 
@@ -487,9 +508,11 @@ class GenerationSupervisor(RuntimeActor):
         to start — out (and give back its pool slot); False if it was not waiting. Only for an
         attempt whose task is not running."""
         place, gen.place = gen.place, None
+        queued, gen.starting = gen.starting, False
         if place is None:
-            return False
-        if not place.cancel():  # granted already (in _starting) or ended: give the place back
+            if not queued:  # (a transport without admission: waiting only in _starting)
+                return False
+        elif not place.cancel():  # granted already (in _starting) or ended: give it back
             if place.state != 1:
                 return False
             place.release()
