@@ -49,6 +49,24 @@ async def test_lazy_thunk_streams_and_concatenation_equals_value(
     assert mot.generation.ttfb_ms is not None and mot.generation.ttfb_ms >= 0
 
 
+async def test_making_a_thunk_lets_the_callers_other_tasks_run(
+    scripted: ScriptedOllama, scripted_session: MelleaSession
+) -> None:
+    """Regression (p99 delay, bench scenario 4): ``ainstruct`` never suspended (the generation
+    runs on the runtime's loop), so a caller making many thunks in a row (~100 µs each)
+    starved its own readers until the last one was made."""
+    ran = asyncio.Event()
+
+    async def reader() -> None:
+        ran.set()
+
+    task = asyncio.create_task(reader())
+    mot = await scripted_session.ainstruct("anything", strategy=None)
+    assert ran.is_set(), "the other task did not run during ainstruct"
+    await task
+    await mot.avalue()
+
+
 async def test_generation_starts_before_anyone_reads(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:

@@ -13,6 +13,7 @@ ChatContext), then the action. A thunk of the history that is still running is a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -153,4 +154,9 @@ class OllamaBackend(Backend):
         # recorded as an empty one: holding the real one would chain every earlier request
         # (and its thunk) to this one, and a long-running session would never free them.
         mot.context = ctx if ctx.is_chat_context else ctx.reset_to_new()
+        # One turn of the caller's loop: nothing above suspends (the generation runs on the
+        # runtime's loop), so a caller creating many thunks in a row (``for …: await
+        # m.ainstruct(…)``, ~100 µs each) would otherwise starve its own readers until the
+        # last one is made — 1,000 of them kept the first chunks waiting ~100 ms.
+        await asyncio.sleep(0)
         return mot, action_ctx.add(mot)

@@ -108,7 +108,11 @@ class MelleaSession:
         self.backend = backend
         self.ctx: Context = ctx if ctx is not None else SimpleContext()
         self._system = backend.system
-        self._pending: list[ModelOutputThunk[Any]] = []  # unresolved requests (non-simple ctx)
+        # unresolved requests (non-simple ctx), and how many are being made right now (the
+        # backend's call may let other tasks run before it returns the thunk); both under
+        # _pending_lock
+        self._pending: list[ModelOutputThunk[Any]] = []
+        self._making = 0
         self._pending_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -152,14 +156,28 @@ class MelleaSession:
             return
         with self._pending_lock:
             self._pending = [m for m in self._pending if m._outcome() is None]
-            stale = bool(self._pending)
+            stale = bool(self._pending) or self._making > 0
         if stale:
             _log.warning(STALE_CONTEXT_WARNING)
 
-    def _track(self, ctx: Context, mot: ModelOutputThunk[Any]) -> None:
-        if not isinstance(ctx, SimpleContext):
+    async def _generate(
+        self, action: Any, ctx: Context, **kwargs: Any
+    ) -> tuple[ModelOutputThunk[Any], Context]:
+        """The backend's ``generate_from_context``; with a context that shows its items, the
+        request counts as unresolved from before the call (a request begun while this one is
+        being made warns too) until its thunk is computed."""
+        if isinstance(ctx, SimpleContext):
+            return await self.backend.generate_from_context(action, ctx, **kwargs)
+        with self._pending_lock:
+            self._making += 1
+        try:
+            mot, new_ctx = await self.backend.generate_from_context(action, ctx, **kwargs)
+        finally:
             with self._pending_lock:
-                self._pending.append(mot)
+                self._making -= 1
+        with self._pending_lock:
+            self._pending.append(mot)
+        return mot, new_ctx
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._system.run_sync(coro)
@@ -184,10 +202,9 @@ class MelleaSession:
         ctx = self.ctx
         self._begin_request(ctx)
         if not reqs or strategy is None:
-            mot, new_ctx = await self.backend.generate_from_context(
+            mot, new_ctx = await self._generate(
                 action, ctx, format=format, model_options=model_options, tool_calls=tool_calls
             )
-            self._track(ctx, mot)
             self.ctx = new_ctx
             if await_result or return_sampling_results:
                 await mot.avalue()
@@ -288,10 +305,9 @@ class MelleaSession:
         message = Message(role, content, images=images)
         ctx = self.ctx
         self._begin_request(ctx)
-        mot, new_ctx = await self.backend.generate_from_context(
+        mot, new_ctx = await self._generate(
             message, ctx, format=format, model_options=model_options
         )
-        self._track(ctx, mot)
         text = await mot.avalue()
         self.ctx = new_ctx
         if format is not None:
