@@ -27,9 +27,7 @@ def check_timeout(value: object, name: str, *, allow_none: bool = True) -> float
         or math.isinf(value)
     ):
         also = " or None" if allow_none else ""
-        raise InvalidInputError(
-            f"{name} must be a positive number of seconds{also}, got {value!r}"
-        )
+        raise InvalidInputError(f"{name} must be a positive number of seconds{also}, got {value!r}")
     return float(value)
 
 
@@ -44,13 +42,9 @@ def check_instance(value: object, types: type | tuple[type, ...], name: str) -> 
     """``value`` unchanged if it is one of ``types``; else an error naming what was given."""
     if not isinstance(value, types):
         wanted = (
-            types.__name__
-            if isinstance(types, type)
-            else " or ".join(t.__name__ for t in types)
+            types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
         )
-        raise InvalidInputError(
-            f"{name} must be a {wanted}, got {type(value).__name__}: {value!r}"
-        )
+        raise InvalidInputError(f"{name} must be a {wanted}, got {type(value).__name__}: {value!r}")
     return value
 
 

@@ -197,4 +197,3 @@ def test_a_forked_child_exits_at_once_and_must_start_its_own_session(
     code, took = proc.stdout.split()
     assert code == "0", proc.stderr
     assert float(took) < 3.0
-

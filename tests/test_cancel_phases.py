@@ -41,9 +41,7 @@ async def test_cancel_right_after_the_call_ends_the_thunk(
 
 async def test_cancel_while_queued_for_a_slot(scripted: ScriptedOllama) -> None:
     scripted.set_script(SLOW)
-    with start_session(
-        model_id=SCRIPTED_MODEL, base_url=scripted.base_url, max_in_flight=1
-    ) as m:
+    with start_session(model_id=SCRIPTED_MODEL, base_url=scripted.base_url, max_in_flight=1) as m:
         holder = await m.ainstruct("first", model_options=STREAM)
         await asyncio.to_thread(scripted.wait_for_requests, 1, WAIT)
         queued = await m.ainstruct("second", model_options=STREAM)

@@ -25,7 +25,11 @@ def run_example(name: str, ollama_url: str) -> subprocess.CompletedProcess[str]:
     }
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name)],
-        env=env, capture_output=True, text=True, timeout=300, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
     assert "Traceback" not in proc.stderr

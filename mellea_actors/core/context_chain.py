@@ -196,6 +196,7 @@ class Context(abc.ABC):
         n = len(self.as_list())
         return f"{type(self).__name__}(items={n})"
 
+
 #: How many of its newest items a :class:`SimpleContext` keeps: what ``last_output()`` (its
 #: default looks at 3) and ``last_turn()`` (2) read. Older items are dropped.
 SIMPLE_CONTEXT_KEEP = 3

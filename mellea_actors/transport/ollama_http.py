@@ -34,6 +34,7 @@ a 200 answer that is not NDJSON objects, or no HTTP :class:`ProtocolMismatchErro
 no delta for ``stream_timeout`` seconds             :class:`StreamTimeoutError`
 =================================================  =======================================
 """
+
 from __future__ import annotations
 
 import asyncio
