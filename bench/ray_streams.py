@@ -1,4 +1,4 @@
-"""Many paced streams through the Ray engine (2 generation workers) vs in-process, side by side.
+"""Many paced streams through the Ray engine (2 Ray supervisors) vs in-process, side by side.
 
     .venv/bin/python bench/ray_streams.py [--streams 1000] [--tokens 40] [--delay 0.05]
         [--rounds 3] [--windows 10,25,50] [--verdicts 10] [--json PATH] [--readme PATH]
@@ -15,7 +15,7 @@ side, and the median of the per-round ratios Ray / in-process of the caller's CP
 * the caller's CPU (``process_time``: every thread of the process, Ray's own C++ threads
   included) per chunk, and how it splits between its threads (the reading task's loop, the
   session's actor loop, Ray's threads);
-* the CPU of every other process involved, read from ``/proc`` (the Ray generation workers,
+* the CPU of every other process involved, read from ``/proc`` (the Ray generation supervisors,
   the raylet, the GCS, Ray's other daemons), and the total per chunk (the scripted server is
   listed apart: it is the Ollama side, the same in both engines);
 * the batching: Ray items received, deltas per item (the batch size), stream entries per item
@@ -92,13 +92,14 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _role(pid: int) -> str:
-    """What a process under this one is: a generation worker, the raylet, the GCS, other."""
+    """What a process under this one is: a Ray generation supervisor, the raylet, the GCS,
+    other."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return "gone"
-    if "GenerationWorker" in cmd:
+    if "RayGenerationSupervisor" in cmd:
         return "ray_workers"
     if "raylet" in cmd.split(" ", 1)[0]:
         return "raylet"
@@ -168,7 +169,7 @@ def _session(engine: str, server: ScriptedOllamaProcess, window_ms: float) -> Me
     kwargs: dict[str, Any] = {"engine": engine, "check": False}
     if engine == "ray":
         kwargs["ray_workers"] = 2
-        ray_transport.WINDOW = window_ms / 1000  # read by each RayTransport when it is made
+        ray_transport.WINDOW = window_ms / 1000  # read by each RaySession when it is made
     return start_session(model_id="scripted", base_url=server.base_url, **kwargs)
 
 
@@ -334,7 +335,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("caller_session_loop_us", "{:.1f}", "  caller: session actor loop"),
     ("caller_ray_threads_us", "{:.1f}", "  caller: Ray's threads"),
     ("caller_cpu_s", "{:.2f}", "caller CPU (s)"),
-    ("ray_workers_cpu_s", "{:.2f}", "Ray generation workers CPU (s)"),
+    ("ray_workers_cpu_s", "{:.2f}", "Ray generation supervisors CPU (s)"),
     ("raylet_cpu_s", "{:.2f}", "raylet CPU (s)"),
     ("gcs_cpu_s", "{:.2f}", "GCS CPU (s)"),
     ("ray_other_cpu_s", "{:.2f}", "other Ray processes CPU (s)"),
@@ -402,7 +403,7 @@ NOTES = """How to read it:
 
 * *Caller* is this process (`process_time`: all its threads, Ray's own C++ threads included);
   the thread split comes from `/proc/self/task`. The other processes' CPU is read from `/proc`
-  for every descendant of the caller (the Ray generation workers, the raylet, the GCS, Ray's
+  for every descendant of the caller (the Ray generation supervisors, the raylet, the GCS, Ray's
   other daemons); the scripted server (the Ollama side, the same for both) is listed apart.
 * *Batch*: a Ray item carries, per channel (one per worker) and window, one entry per stream
   with news, its deltas joined into one text (`runtime/ray_worker.py`, "Items"). At 20 tokens/s

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -72,6 +73,17 @@ def scripted() -> Iterator[ScriptedOllama]:
     finally:
         server.stop()
 
+
+@pytest.fixture
+def servers() -> Iterator[list[ScriptedOllama]]:
+    """Three scripted servers (a pool's hosts)."""
+    started = [ScriptedOllama(models=(SCRIPTED_MODEL,)).start() for _ in range(3)]
+    try:
+        yield started
+    finally:
+        for server in started:
+            with contextlib.suppress(Exception):
+                server.stop()
 
 @pytest.fixture
 def scripted_session(scripted: ScriptedOllama) -> Iterator[MelleaSession]:

@@ -9,9 +9,8 @@ restarted.
 from __future__ import annotations
 
 import collections
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,17 +34,6 @@ from .conftest import SCRIPTED_MODEL
 TOKENS = [f"w{i} " for i in range(6)]
 TEXT = "".join(TOKENS)
 PACED = Script(tokens=TOKENS, first_delay=0.05, delay=0.01)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[ScriptedOllama]]:
-    started = [ScriptedOllama(models=(SCRIPTED_MODEL,)).start() for _ in range(3)]
-    try:
-        yield started
-    finally:
-        for server in started:
-            with contextlib.suppress(Exception):
-                server.stop()
 
 
 def tag(record: RequestRecord) -> str:

@@ -1,5 +1,6 @@
-"""The Ray engine (SPEC §11, ``start_session(engine="ray")``): the Ollama streams run in Ray
-generation workers, everything else in this process (runtime/ray_transport.py).
+"""The Ray engine (SPEC §11, ``start_session(engine="ray")``): the generations are supervised
+and streamed in Ray generation supervisors, thunks, readers and validators stay in this process
+(runtime/ray_transport.py, runtime/ray_worker.py; supervision inside Ray: test_ray_supervision.py).
 
 The module starts its own local Ray (a module-scoped fixture) and stops it after; the tests
 are marked ``ray`` (``pytest -m "not ray"`` deselects them) and skipped when Ray is not
@@ -176,18 +177,19 @@ async def test_an_outbox_joins_a_streams_deltas_into_one_entry() -> None:
     box.add(2, "x", "", first=True)
     box.add(1, "b", "", first=False)
     box.add(1, "c", "", first=False)
-    assert box.take() == ((1, 2), ("abc", "x"), 4, None, None)
+    assert box.take() == ((1, 2), ("abc", "x"), 4, None, None, None)
     box.add(2, "y", "hm", first=False)
     assert not box.wake.is_set()  # later deltas wait for the window (or max_deltas)
     box.add(3, "", "think", first=True)
     box.add(2, "z", "", first=False)
     box.end(2, (FINAL, "stop", 1, 3, 5))
     box.end(4, (ERROR, "boom"))
-    ids, texts, deltas, thinks, ends = box.take()
+    ids, texts, deltas, thinks, ends, news = box.take()
     assert ids == (2, 3, 4) and texts == ("yz", "", "") and deltas == 3
     assert thinks == ("hm", "think", "")
     assert ends == ((2, (FINAL, "stop", 1, 3, 5)), (4, (ERROR, "boom")))
-    assert box.take() == ((), (), 0, None, None)
+    assert news is None  # no records, no hosts view: nothing else
+    assert box.take() == ((), (), 0, None, None, None)
 
 
 class _Sink:
@@ -212,7 +214,7 @@ async def test_a_channel_gives_each_entry_one_add_and_one_flush_then_the_ends() 
     channel.streams = dict(listeners)
     final = (FINAL, "stop", 2, 7, 9)
     error = StreamDroppedError("gone", host="http://h:1", model="m")
-    item = ((1, 2, 3), ("abc", "", "q"), 5, ("", "t", ""), ((1, final), (3, (ERROR, error))))
+    item = ((1, 2, 3), ("abc", "", "q"), 5, ("", "t", ""), ((1, final), (3, (ERROR, error))), None)
     channel.dispatch(item)
     assert sinks[1].calls == [("add", "abc", ""), ("flush",)]
     assert sinks[2].calls == [("add", "", "t"), ("flush",)]
@@ -385,7 +387,8 @@ async def test_a_fail_verdict_reaches_the_server_as_a_disconnect(
 
 
 def _channels(session: MelleaSession) -> list[Any]:
-    return [c for t in session.system._transports.values() for c in t._channels.values()]
+    assert session.system.ray_session is not None
+    return session.system.ray_session.channels
 
 
 async def test_a_fast_streams_deltas_cross_joined_and_in_order(
@@ -492,7 +495,7 @@ async def body(m, server):
         assert delta and at in bounds, deltas
     assert mot.generation is not None and mot.generation.finish_reason == "stop"
     assert mot.generation.usage["completion_tokens"] == len(TOKENS)
-    channels = [c for t in m.system._transports.values() for c in t._channels.values()]
+    channels = m.system.ray_session.channels
     assert channels and all(c._polling for c in channels), "channels should poll"
     assert sum(c.deltas for c in channels) == len(TOKENS)
 
@@ -727,6 +730,10 @@ async def test_killing_a_worker_mid_run(
         streams = log.events(thunk=mot.request_id, event="ray_stream")
         assert len(streams) == 2 and streams[-1]["actor"] != victim["actor"]  # elsewhere
         assert log.events(thunk=mot.request_id, event="generator_restarting")
+        # the retry was supervised by the other Ray supervisor, whose records reached us
+        done = log.events(thunk=mot.request_id, event="generation_completed")
+        ray_side = [r for r in done if r.get("ray_actor_id")]
+        assert len(ray_side) == 1 and ray_side[0]["ray_actor_id"] != victim["ray_actor_id"]
     # Ray brings the worker back; the engine uses it again
     restarted = await asyncio.to_thread(log.wait_for, "ray_worker_restarted", timeout=WAIT)
     assert restarted["ray_actor_id"] == victim["ray_actor_id"]

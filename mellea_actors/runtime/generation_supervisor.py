@@ -66,6 +66,12 @@ thread, like the rest) and chooses the host of every *attempt* when it launches 
 
 With a single host (``_pool`` None) none of this runs: ``_Generation.host`` is the request's.
 
+Under ``engine="ray"`` this same class runs inside every Ray generation supervisor, one per
+session there (:mod:`~mellea_actors.runtime.ray_worker`: its "thunks" forward to the caller,
+its log travels to the caller's); the caller's own instance is then a relay, with no pool, a
+breaker that never opens and a policy that retries only a Ray actor's death before any text
+(:mod:`~mellea_actors.runtime.ray_transport`).
+
 The transport is anything that has the shape of :class:`ChatTransport`
 (:class:`~mellea_actors.transport.ollama_http.OllamaTransport` in production, a fake in the unit
 tests).

@@ -49,7 +49,7 @@ from typing import IO, Any
 
 import structlog
 
-__all__ = ["EVENT_LEVELS", "LOGGER_NAME", "SupervisionLog", "configure_output"]
+__all__ = ["EVENT_LEVELS", "LOGGER_NAME", "SupervisionLog", "configure_output", "make_record"]
 
 LOGGER_NAME = "mellea_actors.supervision"
 
@@ -144,6 +144,31 @@ def _bound_contextvars() -> dict[str, Any]:
     return bound
 
 
+def make_record(
+    event: str,
+    *,
+    actor: str,
+    kind: str,
+    parent: str | None = None,
+    thunk: str | None = None,
+    reason: str | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """One record as the log stores it: the keys every record has, then the event's fields."""
+    record: dict[str, Any] = {
+        "event": event,
+        "ts": time.time(),
+        "actor": actor,
+        "kind": kind,
+        "parent": parent,
+        "thunk": thunk,
+        "reason": reason,
+    }
+    if fields:
+        record.update(fields)
+    return record
+
+
 class SupervisionLog:
     """A ring buffer of supervision records plus their stdlib-logging emitter."""
 
@@ -188,17 +213,9 @@ class SupervisionLog:
         **fields: Any,
     ) -> dict[str, Any]:
         """Record one event; returns the record (a fresh dict the log will not change)."""
-        record: dict[str, Any] = {
-            "event": event,
-            "ts": time.time(),
-            "actor": actor,
-            "kind": kind,
-            "parent": parent,
-            "thunk": thunk,
-            "reason": reason,
-        }
-        if fields:
-            record.update(fields)
+        record = make_record(
+            event, actor=actor, kind=kind, parent=parent, thunk=thunk, reason=reason, **fields
+        )
         bound = None
         with self._lock:
             self._records.append(record)

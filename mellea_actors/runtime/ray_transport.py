@@ -1,23 +1,25 @@
-"""The Ray engine, caller side: :class:`RayEngine` (Ray and the generation workers) and
-:class:`RayTransport` (the ``ChatTransport`` a session's generation supervisor uses).
+"""The Ray engine, caller side: :class:`RayEngine` (Ray and the Ray generation supervisors),
+:class:`RaySession` (one session's channels to them) and :class:`RayTransport` (the
+``ChatTransport`` the session's own generation supervisor relays through).
 
-Placement (see also :mod:`~mellea_actors.runtime.ray_worker`): the Ollama streams run in Ray
-async actors, the *generation workers*; the supervisor, thunk actors, readers, validators and
-chunkers stay in the caller's process. :class:`RayTransport` has the shape of
-``OllamaTransport`` (``stream_chat(request, sink)``, ``version()``, ``list_models()``), so the
-generation supervisor is unchanged: restarts and failover before the first delta, breakers,
-the host pool, the single reader and gated validation work as in the local engine.
+Placement (see also :mod:`~mellea_actors.runtime.ray_worker`): the generation supervisors run
+in Ray async actors, the *Ray generation supervisors* — each runs, per session, a real
+``GenerationSupervisor`` with the session's transports and host pool, and decides every
+restart, busy retry, failover and breaker change of its streams. The caller's process keeps
+the thunk actors, readers, validators and chunkers, and its own generation supervisor as a
+relay: with :class:`RayCallerPolicy` (it retries only a :class:`RayActorLostError` before any
+text), :data:`CALLER_BREAKERS` (never open) and no pool.
 
-* **Workers.** One :class:`RayEngine` per process and Ray address, shared by every session
-  that uses it (reference-counted): it starts N workers (``workers=``, else
+* **Ray supervisors.** One :class:`RayEngine` per process and Ray address, shared by every
+  session that uses it (reference-counted): it starts N Ray supervisors (``workers=``, else
   ``MELLEA_ACTORS_RAY_WORKERS``, else one per alive node — on a one-node cluster one per CPU,
   capped at 2), named ``mellea-actors-<pid>-<engine>-w<n>`` in the Ray namespace
-  ``mellea_actors``, with ``max_restarts=-1`` (Ray brings a dead worker back; its constructor
-  reruns) and ``num_cpus=0`` (they wait on sockets). When the last session closes, the
-  workers are killed (no restart) and, if this engine started Ray (``ray.init`` was not
-  called yet and no address was given: a local Ray, quiet, ``num_cpus=2``, no dashboard), Ray
-  is shut down. A Ray the user started is never shut down; from a cluster at an address
-  the engine only disconnects.
+  ``mellea_actors``, with ``max_restarts=-1`` (Ray brings a dead one back; its constructor
+  reruns) and ``num_cpus=0`` (they wait on sockets). When the last session closes, they are
+  killed (no restart) and, if this engine started Ray (``ray.init`` was not called yet and no
+  address was given: a local Ray, quiet, ``num_cpus=2``, no dashboard), Ray is shut down. A Ray
+  the user started is never shut down; from a cluster at an address the engine only
+  disconnects.
 * **Addresses** (``ray_address``, else ``RAY_ADDRESS``): None — the Ray this process joined
   already (``ray.init``), else a local one started here; ``"auto"`` — the cluster running on
   this machine (Ray's own lookup); ``"HOST:PORT"`` — the cluster whose GCS listens there;
@@ -29,32 +31,44 @@ the host pool, the single reader and gated validation work as in the local engin
   ``"HOST:PORT"`` naming another (one process joins one cluster). Through Ray Client, which
   cannot hold streaming calls, the channels *poll* (``poll``: one call per item) instead of
   pumping; everything else is the same.
-* **Choosing a worker.** Per attempt, the alive worker with the fewest streams in flight; a
-  worker that died is avoided until it answers again (``ray_worker_restarted``).
-* **Batches.** Each RayTransport opens one channel per worker (a ``pump`` streaming call; see
-  :mod:`~mellea_actors.runtime.ray_worker`) carrying the deltas of all its streams on that
-  worker, per window (``window`` s after an item's first entry, or ``max_deltas`` deltas, or a
+* **Choosing a Ray supervisor.** Per generation (and per retry after a death), the alive one
+  with the fewest streams in flight; one that died is avoided until it answers again
+  (``ray_worker_restarted``). The host is chosen there, by its pool.
+* **Channels and batches.** A :class:`RaySession` opens one channel per Ray supervisor (a
+  ``pump`` streaming call; see :mod:`~mellea_actors.runtime.ray_worker`), which *is* the
+  session's supervision on that actor; it carries the deltas of all the session's streams
+  there, per window (``window`` s after an item's first entry, or ``max_deltas`` deltas, or a
   stream's first delta, whichever first; :data:`WINDOW` — or ``MELLEA_ACTORS_RAY_WINDOW_MS``
-  when the engine starts — and :data:`MAX_DELTAS`). An item is a few
-  columns of plain values with one entry per stream, that stream's deltas of the window joined
-  into one text. One reader task per channel, on the session's loop, replays each entry into
-  its stream's sink — one ``add`` and one ``flush`` per entry — and completes the stream's
-  ``stream_chat`` with its FINAL / ERROR. So the caller parses no HTTP and no JSON, and its
-  cost per entry is the sink's, not per delta. (A channel per transport, not per process:
-  each session has its own loop, and the sinks are called on it.) Starts are plain calls,
-  batched per loop iteration. Each channel counts its ``items``, ``entries`` and ``deltas``.
-* **Cancellation.** Cancelling the task in :meth:`RayTransport.stream_chat` (``thunk.cancel()``,
-  a "fail" verdict, leaving ``async for``, session close) sends the worker
-  ``cancel(caller_id, stream_id)``
-  (or drops the start if it was not sent yet): the worker's stream task is cancelled and its
-  socket closed. Closing the transport cancels its pumps and waits for its readers.
-* **A worker's death** (``ray.kill``, a crash, its node lost) fails its channels' pumps, so
-  every stream on it sees it: a ``StreamDroppedError``
-  (transient): before any delta the supervisor restarts the generation, and this engine sends
-  it to another worker; after text it is the reader's error, naming the Ray actor and node.
-  Every step is logged to the session's supervision log (``ray_worker_started``,
-  ``ray_stream`` with the worker chosen, ``ray_worker_died``, ``ray_worker_restarted``,
-  ``ray_workers_stopped``), each with ``ray_actor_id`` and ``node_id``.
+  when the engine starts — and :data:`MAX_DELTAS`), and the Ray side's supervision records
+  and hosts view. An item is a few columns of plain values with one entry per stream, that
+  stream's deltas of the window joined into one text. One reader task per channel, on the
+  session's loop, re-emits the records into the session's log (with ``ray_actor_id``,
+  ``node_id`` and ``ray_actor``), replays each entry into its stream's sink — one ``add`` and
+  one ``flush`` per entry — and completes the stream's ``stream_chat`` with its FINAL / ERROR
+  (the Ray side's last word: not retried here). So the caller parses no HTTP and no JSON, and
+  its cost per entry is the sink's, not per delta. Starts are plain calls, batched per loop
+  iteration, each carrying the session's :class:`~mellea_actors.runtime.ray_worker.SessionConfig`
+  (the session starts there with the first). Each channel counts its ``items``, ``entries``
+  and ``deltas``.
+* **Hosts.** ``session.hosts.add`` / ``remove`` update the session's registry (the
+  configuration of channels opened later), then go to every Ray supervisor with a channel
+  (:meth:`RaySession.add_host`); :meth:`RaySession.host_views` sums their views (in flight
+  summed, the worst state), :meth:`RaySession.describe` gives each Ray supervisor with its
+  hosts for the actor tree.
+* **Cancellation.** Cancelling the task in :meth:`RaySession.stream_chat` (``thunk.cancel()``,
+  a "fail" verdict, leaving ``async for``, session close) sends the Ray supervisor
+  ``cancel(caller_id, stream_id)`` over the channel's control link and as a Ray call (or drops
+  the start if it was not sent yet): its supervisor cancels the stream's task, whose socket
+  closes. Closing the session's channels cancels the pumps (each Ray supervisor ends the
+  session there) and waits for the readers.
+* **A Ray supervisor's death** (``ray.kill``, a crash, its node lost) fails its channels'
+  pumps, so every stream on it sees it: a :class:`RayActorLostError` (a transient
+  ``StreamDroppedError``): before any delta the caller's supervisor sends the generation again
+  (its only retry), and this engine sends it to another Ray supervisor; after text it is the
+  reader's error, naming the Ray actor and node. Every step is logged to the session's
+  supervision log (``ray_worker_started``, ``ray_stream`` with the Ray supervisor chosen,
+  ``ray_worker_died``, ``ray_worker_restarted``, ``ray_workers_stopped``), each with
+  ``ray_actor_id`` and ``node_id``.
 
 Ray is imported only when an engine starts: without it, :func:`ray_module` raises
 :class:`RayNotInstalledError` naming the extra (``pip install 'mellea_actors[ray]'``).
@@ -64,10 +78,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
 import socket
+import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -75,11 +91,30 @@ from typing import TYPE_CHECKING, Any
 
 from mellea_actors.errors import (
     BackendError,
+    BackendUnavailableError,
     InvalidInputError,
     MelleaActorsError,
     StreamDroppedError,
 )
-from mellea_actors.runtime.ray_worker import ERROR, FINAL, GenerationWorker, Item, TransportSettings
+from mellea_actors.runtime.breaker import BreakerPolicy
+from mellea_actors.runtime.host_pool import (
+    TAGS_EVERY,
+    HostRegistry,
+    HostSpec,
+    HostView,
+    default_capacity,
+)
+from mellea_actors.runtime.ray_worker import (
+    ERROR,
+    FINAL,
+    HostsNews,
+    Item,
+    News,
+    RayGenerationSupervisor,
+    SessionConfig,
+    TransportSettings,
+)
+from mellea_actors.runtime.restart_policy import RestartPolicy
 from mellea_actors.transport.ollama_http import FinalObject, normalize_host
 
 if TYPE_CHECKING:
@@ -88,11 +123,16 @@ if TYPE_CHECKING:
     from mellea_actors.transport.ollama_http import DeltaSink
 
 __all__ = [
+    "CALLER_BREAKERS",
     "RAY_NAMESPACE",
+    "RayActorLostError",
+    "RayCallerPolicy",
     "RayEngine",
     "RayNotInstalledError",
+    "RaySession",
     "RayTransport",
     "RayUnreachableError",
+    "caller_policy",
     "ray_module",
 ]
 
@@ -183,7 +223,7 @@ def ray_module() -> Any:
 
 @dataclass(eq=False)
 class _Worker:
-    """One generation worker as the engine sees it (fields under the engine's lock)."""
+    """One Ray generation supervisor as the engine sees it (fields under the engine's lock)."""
 
     name: str
     handle: Any
@@ -202,7 +242,7 @@ class _Worker:
 
 
 class RayEngine:
-    """Ray and the generation workers of this process (see the module docstring)."""
+    """Ray and the Ray generation supervisors of this process (see the module docstring)."""
 
     _engines: dict[str | None, RayEngine] = {}
     _engines_lock = threading.Lock()
@@ -267,7 +307,7 @@ class RayEngine:
             ray = ray_module()
             self._connect(ray)
             count, nodes = self._placement(ray)
-            remote = ray.remote(GenerationWorker)
+            remote = ray.remote(RayGenerationSupervisor)
             handles = []
             for n in range(count):
                 name = f"mellea-actors-{self.id}-w{n}"
@@ -424,21 +464,6 @@ class RayEngine:
         with self._lock:
             return list(self._workers)
 
-    def describe(self) -> list[dict[str, Any]]:
-        """The workers now (for the actor tree)."""
-        return [
-            {
-                "id": w.name,
-                "kind": "ray_worker",
-                "ray_actor_id": w.actor_id,
-                "node_id": w.node_id,
-                "in_flight": w.in_flight,
-                "alive": not w.down,
-                "children": [],
-            }
-            for w in self.workers()
-        ]
-
     def _choose(self, avoid: set[_Worker] | None = None) -> _Worker:
         """The alive worker with the fewest streams, not one of ``avoid`` (those that died
         under this generation) while there is another."""
@@ -531,6 +556,43 @@ def _is_actor_death(exc: BaseException) -> bool:
     return isinstance(exc, rx.RayActorError | rx.ActorUnavailableError | rx.WorkerCrashedError)
 
 
+class RayActorLostError(StreamDroppedError):
+    """A Ray generation supervisor died (``ray.kill``, a crash, its node lost) while it ran the
+    generation. Before any text the caller's supervisor sends the generation again, to
+    another Ray supervisor (:class:`RayCallerPolicy`); after text it is the reader's error,
+    naming the Ray actor and node."""
+
+
+@dataclass(frozen=True)
+class RayCallerPolicy(RestartPolicy):
+    """The restart policy of a ``engine="ray"`` session's own (caller-side) generation
+    supervisor: every restart, busy retry and failover is the Ray supervisor's decision, so
+    here only a Ray actor's death before any text is retried (:class:`RayActorLostError`),
+    up to ``max_restarts`` times with the session policy's backoff."""
+
+    def should_retry_busy(self, error: BaseException, chunks: int, waited: float) -> bool:
+        return False
+
+    def should_restart(self, error: BaseException, restarts_so_far: int, chunks: int) -> bool:
+        return (
+            isinstance(error, RayActorLostError)
+            and chunks == 0
+            and restarts_so_far < self.max_restarts
+        )
+
+
+#: The caller-side breaker of a ``engine="ray"`` session never opens: the hosts' breakers
+#: are the Ray supervisors' (a BackendUnavailableError arriving here is their final word).
+CALLER_BREAKERS = BreakerPolicy(failure_threshold=sys.maxsize)
+
+
+def caller_policy(policy: RestartPolicy | None) -> RayCallerPolicy:
+    """The caller-side :class:`RayCallerPolicy` of a session whose policy is ``policy``."""
+    policy = policy or RestartPolicy()
+    fields = {f.name: getattr(policy, f.name) for f in dataclasses.fields(RestartPolicy)}
+    return RayCallerPolicy(**fields)
+
+
 class _Listener:
     """One stream as its channel's reader sees it: the supervisor's sink, the future
     ``stream_chat`` awaits, and how many batches of text went to the sink."""
@@ -544,38 +606,47 @@ class _Listener:
 
 
 class _Channel:
-    """The channel of one :class:`RayTransport` to one worker (the session's loop only): the
-    worker's ``pump`` streaming call and the single reader task that dispatches each of its
-    items' entries to the streams' sinks (module docstring, "Batches")."""
+    """The channel of one session (:class:`RaySession`) to one Ray supervisor (the session's
+    loop only): the actor's ``pump`` streaming call and the single reader task that dispatches
+    each of its items' entries to the streams' sinks, and its news to the session's log and
+    hosts view (module docstring, "Batches")."""
 
     def __init__(
         self,
         worker: _Worker,
         caller_id: str,
+        config: SessionConfig,
         window: float,
         max_deltas: int,
         *,
+        log: SupervisionLog,
         polling: bool = False,
     ) -> None:
         self.worker = worker
         self.caller_id = caller_id
+        self.config = config
+        self.log = log
         self.streams: dict[int, _Listener] = {}
         self.ids = itertools.count(1)  # stream ids, unique within this channel
         self.items = 0  # Ray items received
         self.entries = 0  # their entries (one per stream with news per item)
         self.deltas = 0  # the raw deltas they carried
+        self.hosts: tuple[HostView, ...] | None = None
+        """The session's hosts on that Ray supervisor, as its newest item or host change's
+        answer said (replaced whole: read from any thread)."""
+        self._hosts_seq = 0
         self.closed = False
         self._window = window
         self._max_deltas = max_deltas
         self._loop = asyncio.get_running_loop()
-        self._starts: list[tuple[int, str, TransportSettings, GenerationRequest]] = []
+        self._starts: list[tuple[int, GenerationRequest]] = []
         self._started: asyncio.Future[bool] | None = None
         self._polling = polling
         self._generator: Any = (
             None
             if polling
             else worker.handle.pump.options(num_returns="streaming").remote(
-                caller_id, window, max_deltas
+                caller_id, config, window, max_deltas
             )
         )
         self._task = asyncio.get_running_loop().create_task(
@@ -590,17 +661,19 @@ class _Channel:
         try:
             if self._polling:  # Ray Client: one call per item
                 poll = self.worker.handle.poll
+                config: SessionConfig | None = self.config  # with the first poll only
                 while item := await _client_safe(
-                    poll.remote(self.caller_id, self._window, self._max_deltas)
+                    poll.remote(self.caller_id, config, self._window, self._max_deltas)
                 ):
+                    config = None
                     self.dispatch(item)
             else:
                 async for ref in self._generator:
                     self.dispatch(await ref)
             failure = StreamDroppedError(
-                f"the channel to {self.worker.describe()} ended (the worker closed)"
+                f"the channel to {self.worker.describe()} ended (the Ray supervisor closed)"
             )
-        except Exception as exc:  # the worker died (or Ray failed): every stream on it sees it
+        except Exception as exc:  # the actor died (or Ray failed): every stream on it sees it
             failure = exc
         finally:
             self.closed = True
@@ -609,15 +682,14 @@ class _Channel:
                 if not listener.future.done():
                     listener.future.set_exception(failure)
 
-    def start(
-        self, stream_id: int, host: str, settings: TransportSettings, request: GenerationRequest
-    ) -> asyncio.Future[bool]:
-        """Start a stream on the worker: the starts of one loop iteration go in one call."""
+    def start(self, stream_id: int, request: GenerationRequest) -> asyncio.Future[bool]:
+        """Start a stream on the Ray supervisor: the starts of one loop iteration go in one
+        call."""
         if self._started is None:
             self._started = self._loop.create_future()
             self._started.add_done_callback(_retrieve)
             self._loop.call_soon(self._send_starts)
-        self._starts.append((stream_id, host, settings, request))
+        self._starts.append((stream_id, request))
         return self._started
 
     def unstart(self, stream_id: int) -> bool:
@@ -637,7 +709,7 @@ class _Channel:
             return
         try:
             ref = self.worker.handle.start.remote(
-                self.caller_id, starts, self._window, self._max_deltas
+                self.caller_id, self.config, starts, self._window, self._max_deltas
             )
         except Exception as exc:
             future.set_exception(exc)
@@ -645,13 +717,16 @@ class _Channel:
         self._loop.create_task(_resolve(ref, future, client=self._polling))
 
     def dispatch(self, item: Item) -> None:
-        """Replay one item (:mod:`~mellea_actors.runtime.ray_worker`, "Items"): per entry, one
-        ``add`` of its text and one ``flush`` into its stream's sink; then the ends (a stream's
-        last text reaches its thunk before its end)."""
-        ids, texts, deltas, thinks, ends = item
+        """Replay one item (:mod:`~mellea_actors.runtime.ray_worker`, "Items"): its news
+        first (the Ray supervisor's records, re-emitted here), then per entry one ``add`` of
+        its text and one ``flush`` into its stream's sink; then the ends (a stream's last
+        text reaches its thunk before its end)."""
+        ids, texts, deltas, thinks, ends, news = item
         self.items += 1
         self.entries += len(ids)
         self.deltas += deltas
+        if news is not None:
+            self._news(news)
         streams = self.streams
         if thinks is None:
             for stream_id, text in zip(ids, texts, strict=True):
@@ -694,6 +769,32 @@ class _Channel:
             else:
                 listener.future.set_exception(end[1])
 
+    def _news(self, news: News) -> None:
+        """The Ray supervisor's records, re-emitted into the session's log with the actor's
+        Ray id and node (``thunk`` is the caller's request id: the same), and its hosts."""
+        records, hosts = news
+        if hosts is not None:
+            self.set_hosts(hosts)
+        if not records:
+            return
+        worker = self.worker
+        emit = self.log.emit
+        for record in records:
+            fields = dict(record)
+            event = fields.pop("event")
+            fields.pop("ts", None)  # the caller's log stamps its own time
+            fields["ray_actor_id"] = worker.actor_id
+            fields["node_id"] = worker.node_id
+            fields.setdefault("ray_actor", worker.name)
+            emit(event, **fields)
+
+    def set_hosts(self, hosts: HostsNews) -> None:
+        """The session's hosts there, unless a newer view arrived already."""
+        seq, views = hosts
+        if seq > self._hosts_seq:
+            self._hosts_seq = seq
+            self.hosts = views
+
     def _sink_failed(self, stream_id: int, listener: _Listener, exc: Exception) -> None:
         del self.streams[stream_id]
         self.cancel(stream_id)
@@ -701,8 +802,8 @@ class _Channel:
             listener.future.set_exception(exc)
 
     def cancel(self, stream_id: int) -> None:
-        """Stop one stream on the worker (its socket closes now): through the control link
-        (one hop), and through Ray (ordered after the start; there if the link is not)."""
+        """Stop one stream on the Ray supervisor (its socket closes now): through the control
+        link (one hop), and through Ray (ordered after the start; there if the link is not)."""
         if self._link is not None:
             self._link.cancel(stream_id)
         with contextlib.suppress(Exception):
@@ -713,7 +814,7 @@ class _Channel:
         return self._task
 
     def close(self) -> None:
-        """Stop the pump (the worker cancels this channel's streams) and the reader."""
+        """Stop the pump (the Ray supervisor ends this session there) and the reader."""
         self.closed = True
         if self._link is not None:
             self._link.close()
@@ -787,49 +888,88 @@ async def _resolve(ref: Any, future: asyncio.Future[bool], *, client: bool = Fal
         future.set_result(bool(result))
 
 
-class RayTransport:
-    """The ``ChatTransport`` of one Ollama host, through the engine's workers (the session's
-    actor loop only; see the module docstring)."""
+_STATE_RANK = {"up": 0, "half-open": 1, "open": 2, "draining": 3}
+
+
+class RaySession:
+    """The caller side of one ``engine="ray"`` session (its actor loop, except
+    :meth:`host_views` and :meth:`describe`, which read snapshots from any thread): its
+    channels, one per Ray generation supervisor it uses, each the session's supervision
+    there; the choice of a Ray supervisor per attempt; host changes sent to all of them."""
 
     def __init__(
         self,
-        host: str,
         engine: RayEngine,
         *,
         log: SupervisionLog,
-        connect_timeout: float = 10.0,
-        max_in_flight: int | None = None,
-        queue_timeout: float | None = 300.0,
+        session_id: str,
+        settings: TransportSettings,
+        policy: RestartPolicy | None = None,
+        breaker_policy: BreakerPolicy | None = None,
+        hosts: HostRegistry | None = None,
+        tags_every: float = TAGS_EVERY,
         window: float | None = None,
         max_deltas: int | None = None,
     ) -> None:
-        self.host = normalize_host(host)
         self.engine = engine
         self._log = log
-        self._settings = (connect_timeout, max_in_flight, queue_timeout)
+        self._session_id = session_id
+        self._settings = settings
+        self._policy = policy
+        self._breaker_policy = breaker_policy
+        self._registry = hosts
+        self._tags_every = tags_every
         if window is None:  # read now: the environment's (when the engine started), or WINDOW
             window = WINDOW if engine.window is None else engine.window
         self.window = window
         self.max_deltas = MAX_DELTAS if max_deltas is None else max_deltas
         self._died_under: dict[str, set[_Worker]] = {}
-        """Request id -> the workers that died during one of its attempts (its retry goes
-        elsewhere); dropped when an attempt ends otherwise."""
+        """Request id -> the Ray supervisors that died during one of its attempts (its retry
+        goes elsewhere); dropped when an attempt ends otherwise."""
         self._id = next(_transport_ids)
         self._channels: dict[_Worker, _Channel] = {}
-        """Worker -> this transport's channel to it (opened by the first stream on it)."""
+        """Ray supervisor -> this session's channel to it (opened by the first stream there)."""
+        self._closed = False
+
+    @property
+    def channels(self) -> list[_Channel]:
+        return list(self._channels.values())
+
+    def _config(self) -> SessionConfig:
+        hosts = None if self._registry is None else tuple(self._registry.snapshot())
+        return SessionConfig(
+            self._session_id,
+            self._settings,
+            self._policy,
+            self._breaker_policy,
+            hosts,
+            self._tags_every,
+        )
 
     def _channel(self, worker: _Worker) -> _Channel:
         channel = self._channels.get(worker)
         if channel is None or channel.closed:
-            caller_id = f"{self.engine.id}-t{self._id}-{next(_channel_ids)}"
+            caller_id = f"{self.engine.id}-s{self._id}-{next(_channel_ids)}"
             channel = _Channel(
-                worker, caller_id, self.window, self.max_deltas, polling=self.engine.client
+                worker,
+                caller_id,
+                self._config(),
+                self.window,
+                self.max_deltas,
+                log=self._log,
+                polling=self.engine.client,
             )
             self._channels[worker] = channel
         return channel
 
-    async def stream_chat(self, request: GenerationRequest, sink: DeltaSink) -> FinalObject:
+    async def stream_chat(
+        self, host: str, request: GenerationRequest, sink: DeltaSink
+    ) -> FinalObject:
+        """One generation, supervised by a Ray supervisor: its deltas into ``sink``; its end
+        is what that supervisor decided (after its own restarts and failovers)."""
         rid = request.request_id
+        if self._closed:
+            raise StreamDroppedError("the session's Ray channels are closed", host=host)
         worker = self.engine._choose(self._died_under.get(rid))
         self._log.emit(
             "ray_stream",
@@ -838,7 +978,7 @@ class RayTransport:
             thunk=request.request_id,
             ray_actor_id=worker.actor_id,
             node_id=worker.node_id,
-            host=self.host,
+            host=host,
         )
         listener: _Listener | None = None
         died = False
@@ -849,26 +989,24 @@ class RayTransport:
             stream_id = next(channel.ids)
             listener = _Listener(sink, asyncio.get_running_loop().create_future())
             channel.streams[stream_id] = listener  # before start: its first item may be near
-            started = await asyncio.shield(
-                channel.start(stream_id, self.host, self._settings, request)
-            )
+            started = await asyncio.shield(channel.start(stream_id, request))
             if not started and not listener.future.done():
-                raise StreamDroppedError(
+                raise RayActorLostError(
                     f"the channel to {worker.describe()} closed before the stream started",
-                    host=self.host,
+                    host=host,
                     model=request.model,
                 )
             return await listener.future
         except asyncio.CancelledError:
             if channel is not None and not channel.unstart(stream_id):
-                channel.cancel(stream_id)  # the worker closes the socket now
+                channel.cancel(stream_id)  # the Ray supervisor closes the socket now
             raise
         except BackendError:
             raise
         except Exception as exc:
             died = _is_actor_death(exc)
             delivered = 0 if listener is None else listener.delivered
-            raise self._translate(exc, worker, request, delivered) from exc
+            raise self._translate(exc, worker, host, request, delivered) from exc
         finally:
             if channel is not None:
                 channel.streams.pop(stream_id, None)
@@ -877,42 +1015,49 @@ class RayTransport:
                 self._died_under.pop(rid, None)  # this attempt did not die: no retry follows
 
     def _translate(
-        self, exc: Exception, worker: _Worker, request: GenerationRequest, delivered: int
+        self,
+        exc: Exception,
+        worker: _Worker,
+        host: str,
+        request: GenerationRequest,
+        delivered: int,
     ) -> BackendError:
         if not _is_actor_death(exc):
             return BackendError(
                 f"the Ray call to {worker.describe()} failed: {exc!r}",
-                host=self.host,
+                host=host,
                 model=request.model,
             )
         when = (
             f"after text was delivered ({delivered} batches; not retried)"
             if delivered
-            else "before any text (the generation is sent again to another worker)"
+            else "before any text (the generation is sent again to another Ray supervisor)"
         )
         reason = f"{worker.describe()} died {when}: {type(exc).__name__}"
         self.engine._lost(worker, self._log, reason, request.request_id)
         if len(self._died_under) > 10_000:  # retries that never came (cancelled meanwhile)
             self._died_under.clear()
         self._died_under.setdefault(request.request_id, set()).add(worker)
-        return StreamDroppedError(
-            f"the generation worker {reason}", host=self.host, model=request.model
+        return RayActorLostError(
+            f"the Ray generation supervisor {reason}", host=host, model=request.model
         )
 
-    async def _call(self, method: str, timeout: float) -> Any:
+    async def _await(self, ref: Any, timeout: float) -> Any:
+        async with asyncio.timeout(timeout):
+            return await (_client_safe(ref) if self.engine.client else ref)
+
+    async def call(self, method: str, host: str, timeout: float) -> Any:
+        """``version`` / ``list_models`` of ``host``, asked by the least busy Ray supervisor."""
         worker = self.engine._choose()
         try:
-            ref = getattr(worker.handle, method).remote(self.host, self._settings, timeout)
+            ref = getattr(worker.handle, method).remote(host, self._settings, timeout)
             try:
-                async with asyncio.timeout(timeout + 5):
-                    kind, value = await (_client_safe(ref) if self.engine.client else ref)
+                kind, value = await self._await(ref, timeout + 5)
             except TimeoutError:
-                from mellea_actors.errors import BackendUnavailableError
-
                 raise BackendUnavailableError(
-                    f"{worker.describe()} did not answer {method} for {self.host} within "
+                    f"{worker.describe()} did not answer {method} for {host} within "
                     f"{timeout + 5} s",
-                    host=self.host,
+                    host=host,
                 ) from None
         except BackendError:
             raise
@@ -920,7 +1065,7 @@ class RayTransport:
             if _is_actor_death(exc):
                 self.engine._lost(worker, self._log, f"{worker.describe()} died", method)
             raise BackendError(
-                f"the Ray call {method} to {worker.describe()} failed: {exc!r}", host=self.host
+                f"the Ray call {method} to {worker.describe()} failed: {exc!r}", host=host
             ) from exc
         finally:
             self.engine._done(worker)
@@ -928,17 +1073,115 @@ class RayTransport:
             raise value
         return value
 
-    async def version(self, timeout: float = 5.0) -> str:
-        result: str = await self._call("version", timeout)
-        return result
+    # hosts ---------------------------------------------------------------------------------
+    async def _broadcast(self, method: str, *args: Any, timeout: float) -> list[Any]:
+        """Call ``method(caller_id, *args)`` on every Ray supervisor this session has a
+        channel to; each answer is that session's hosts there (kept as the channel's view).
+        An actor that died meanwhile is skipped (its session there died with it); the first
+        ``(ERROR, exception)`` is raised."""
+        channels = [c for c in self._channels.values() if not c.closed]
+        refs = [getattr(c.worker.handle, method).remote(c.caller_id, *args) for c in channels]
+        answers = await asyncio.gather(
+            *(self._await(ref, timeout) for ref in refs), return_exceptions=True
+        )
+        values = []
+        for channel, answer in zip(channels, answers, strict=True):
+            if isinstance(answer, BaseException):
+                if isinstance(answer, TimeoutError):
+                    raise BackendUnavailableError(
+                        f"a Ray generation supervisor did not answer {method} within {timeout} s"
+                    )
+                continue
+            kind, value = answer
+            if kind == ERROR:
+                raise value
+            if value is not None:
+                channel.set_hosts(value)
+            values.append(value)
+        return values
 
-    async def list_models(self, timeout: float = 5.0) -> list[str]:
-        result: list[str] = await self._call("list_models", timeout)
-        return result
+    async def add_host(self, spec: HostSpec, timeout: float = 10.0) -> HostView:
+        """``hosts.add`` on every Ray supervisor of this session (the registry, the
+        configuration of the channels to come, was updated by the system)."""
+        await self._broadcast("add_host", spec.url, spec.capacity, spec.weight, timeout=timeout)
+        for view in self.host_views():
+            if view.url == spec.url:
+                return view
+        return HostView(spec.url, "up", 0, spec.capacity or default_capacity(), spec.weight, None)
+
+    async def remove_host(self, url: str, drain: bool, timeout: float = 10.0) -> None:
+        """``hosts.remove`` on every Ray supervisor of this session."""
+        await self._broadcast("remove_host", url, drain, timeout=timeout)
+
+    def host_views(self) -> list[HostView]:
+        """The session's hosts over its Ray supervisors (any thread): per host, the in-flight
+        counts summed, the worst state (draining, open, half-open, up); a configured host no
+        supervisor reported yet is ``up`` with nothing in flight."""
+        specs = {} if self._registry is None else {s.url: s for s in self._registry.snapshot()}
+        seen: dict[str, list[HostView]] = {}
+        for channel in list(self._channels.values()):
+            if channel.closed or channel.hosts is None:
+                continue
+            for view in channel.hosts:
+                seen.setdefault(view.url, []).append(view)
+        out = []
+        for url, views in seen.items():
+            if url not in specs and all(v.state != "draining" for v in views):
+                continue  # removed since (its next item will say so)
+            state = max((v.state for v in views), key=lambda s: _STATE_RANK.get(s, 0))
+            models = next((v.models for v in views if v.models is not None), None)
+            first = views[0]
+            out.append(
+                HostView(
+                    url,
+                    state,
+                    sum(v.in_flight for v in views),
+                    first.capacity,
+                    first.weight,
+                    models,
+                )
+            )
+        for url, spec in specs.items():
+            if url not in seen:
+                out.append(
+                    HostView(url, "up", 0, spec.capacity or default_capacity(), spec.weight, None)
+                )
+        return out
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The Ray generation supervisors with this session's hosts on each (the actor tree)."""
+        nodes = []
+        for worker in self.engine.workers():
+            channel = self._channels.get(worker)
+            views: tuple[HostView, ...] | list[HostView] = ()
+            if channel is not None and not channel.closed and channel.hosts is not None:
+                views = channel.hosts
+            elif self._registry is not None:
+                views = [
+                    HostView(s.url, "up", 0, s.capacity or default_capacity(), s.weight, None)
+                    for s in self._registry.snapshot()
+                ]
+            nodes.append(
+                {
+                    "id": worker.name,
+                    "kind": "ray_generation_supervisor",
+                    "ray_actor_id": worker.actor_id,
+                    "node_id": worker.node_id,
+                    "in_flight": worker.in_flight,
+                    "alive": not worker.down,
+                    "session_here": channel is not None and not channel.closed,
+                    "children": [
+                        {"id": f"host-{v.url}", "kind": "host", **v.as_dict(), "children": []}
+                        for v in views
+                    ],
+                }
+            )
+        return nodes
 
     async def aclose(self) -> None:
-        """Close the channels (each worker cancels their streams); the connections live in the
-        workers (closed with them)."""
+        """Close the channels (each Ray supervisor ends the session there, cancelling its
+        streams)."""
+        self._closed = True
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             channel.close()
@@ -947,3 +1190,33 @@ class RayTransport:
             await asyncio.wait(readers, timeout=2)
         for channel in channels:
             channel.forget()
+
+
+class RayTransport:
+    """The ``ChatTransport`` of one Ollama host under ``engine="ray"`` (the session's actor
+    loop only): what the caller's generation supervisor relays through; the session's
+    :class:`RaySession` does the work."""
+
+    def __init__(self, host: str, session: RaySession) -> None:
+        self.host = normalize_host(host)
+        self.session = session
+
+    @property
+    def window(self) -> float:
+        """The session's channel window (s)."""
+        return self.session.window
+
+    async def stream_chat(self, request: GenerationRequest, sink: DeltaSink) -> FinalObject:
+        return await self.session.stream_chat(self.host, request, sink)
+
+    async def version(self, timeout: float = 5.0) -> str:
+        result: str = await self.session.call("version", self.host, timeout)
+        return result
+
+    async def list_models(self, timeout: float = 5.0) -> list[str]:
+        result: list[str] = await self.session.call("list_models", self.host, timeout)
+        return result
+
+    async def aclose(self) -> None:
+        """Close the session's channels (once; the connections live in the Ray supervisors)."""
+        await self.session.aclose()

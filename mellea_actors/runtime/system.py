@@ -13,14 +13,18 @@
                                           is reported to the generation supervisor)
     stream-<request id>                  (StreamActor of a ``stream_with_chunking`` run)
     └── validator-<request id>-<n>       (ValidatorActor, one per requirement)
-    ray-engine-…                         (engine="ray" only: the Ray generation workers that
-    └── mellea-actors-…-w<n>              stream from Ollama for the generators above; shared
-                                          by the process's sessions; runtime/ray_transport.py)
+    ray-engine-…                         (engine="ray" only: the Ray generation supervisors,
+    └── mellea-actors-…-w<n>              shared by the process's sessions; each with this
+        └── host-<url>                    session's hosts there: state, in_flight, capacity;
+                                          runtime/ray_transport.py, runtime/ray_worker.py)
 
-``engine="ray"``: the same tree in this process, but every generator's Ollama stream runs in a
-Ray generation worker (:mod:`~mellea_actors.runtime.ray_worker`), reached through a
-:class:`~mellea_actors.runtime.ray_transport.RayTransport` per host (the ``ChatTransport`` of
-the generation supervisor): supervision, readers, validators and chunkers stay here.
+``engine="ray"``: the generations are supervised in Ray — each Ray generation supervisor
+(:mod:`~mellea_actors.runtime.ray_worker`) runs a real ``GenerationSupervisor`` per session, with
+the session's transports and host pool; the thunks, readers, validators and chunkers stay here,
+and this system's own generation supervisor relays through a
+:class:`~mellea_actors.runtime.ray_transport.RayTransport` per host (no pool, no breaker; it
+retries only what a Ray actor's death cut off before any text). Its ``hosts`` node sums the Ray
+supervisors' views; :attr:`hosts` changes reach every one of them (``ray_session``).
 
 Thread-safety: every public method may be called from any thread. The system's mutable state
 lives on its loop thread, except the registries ``_thunks`` and ``stream_actors`` (dicts
@@ -71,7 +75,13 @@ from mellea_actors.runtime.messages import (
     RemoveHost,
     StartGeneration,
 )
-from mellea_actors.runtime.ray_transport import RayEngine, RayTransport
+from mellea_actors.runtime.ray_transport import (
+    CALLER_BREAKERS,
+    RayEngine,
+    RaySession,
+    RayTransport,
+    caller_policy,
+)
 from mellea_actors.runtime.restart_policy import RestartPolicy
 from mellea_actors.runtime.root_supervisor import RootSupervisor
 from mellea_actors.runtime.thunk_actor import ThunkActor, ThunkCell
@@ -136,9 +146,12 @@ class ActorSystem:
         self._pid = os.getpid()
         self.id = f"system-{self._pid}-{next(_ids)}"
         self.log = log or SupervisionLog()
-        # the Ray engine (engine="ray"): the Ollama streams run in its generation workers, the
-        # transports below are RayTransports (runtime/ray_transport.py); None: in-process
+        # the Ray engine (engine="ray"): the generations are supervised in its Ray generation
+        # supervisors; ray_session is this session's channels to them, the transports below
+        # are RayTransports over it (runtime/ray_transport.py); None: in-process
         self.ray: RayEngine | None = None
+        self.ray_session: RaySession | None = None
+        self._ray_caller = engine == "ray"  # our supervisor relays (no pool, no breakers)
         self._max_in_flight = max_in_flight
         self._connect_timeout = connect_timeout
         # Ownership (see the module docstring): the transports are created and used on the loop
@@ -173,6 +186,16 @@ class ActorSystem:
         if engine == "ray":  # last: nothing before it can fail with a Ray reference held
             try:
                 self.ray = RayEngine.acquire(ray_address, workers=ray_workers, log=self.log)
+                self.ray_session = RaySession(
+                    self.ray,
+                    log=self.log,
+                    session_id=self.id,
+                    settings=(connect_timeout, max_in_flight, queue_timeout),
+                    policy=policy,
+                    breaker_policy=breaker_policy,
+                    hosts=self._host_registry,
+                    tags_every=tags_every,
+                )
             except BaseException:
                 self.close()
                 raise
@@ -187,6 +210,19 @@ class ActorSystem:
     def _start_generation_supervisor(
         self, parent: pykka.ActorRef[Any]
     ) -> pykka.ActorRef[GenerationSupervisor]:
+        if self._ray_caller:  # engine="ray": the Ray supervisors decide, this one relays
+            return GenerationSupervisor.start(
+                self.loop,
+                transport_for=self._transport_for,
+                log=self.log,
+                policy=caller_policy(self._policy),
+                breaker_policy=CALLER_BREAKERS,
+                actor_id=self.supervisor_id,
+                parent_id=self.root_id,
+                parent=parent,
+                hosts=None,
+                tags_every=self._tags_every,
+            )
         return GenerationSupervisor.start(
             self.loop,
             transport_for=self._transport_for,
@@ -289,6 +325,8 @@ class ActorSystem:
         """Add a host to the pool (thread-safe; from the loop thread it is only sent)."""
         registry = self._pool_registry("add a host")
         spec = HostSpec(HostSpec.of(url, "url").url, capacity, weight)
+        if self._ray_caller:
+            return self._ray_add_host(registry, spec, timeout)
         message = AddHost(spec.url, spec.capacity, spec.weight)
         if self.loop.in_loop_thread():
             self.supervisor.tell(message)
@@ -306,6 +344,9 @@ class ActorSystem:
         the log says ``host_removed`` when it left)."""
         registry = self._pool_registry("remove a host")
         normalized = HostSpec.of(url, "url").url
+        if self._ray_caller:
+            self._ray_remove_host(registry, normalized, drain, timeout)
+            return
         message = RemoveHost(normalized, drain)
         if self.loop.in_loop_thread():
             self.supervisor.tell(message)
@@ -313,6 +354,35 @@ class ActorSystem:
             self.supervisor.ask(message, timeout=timeout)
         with registry.lock:
             registry.specs.pop(normalized, None)
+
+    def _ray_add_host(self, registry: HostRegistry, spec: HostSpec, timeout: float) -> HostView:
+        """engine="ray": the registry (the configuration of sessions starting on a Ray
+        supervisor) first, then every Ray supervisor that has this session."""
+        with registry.lock:
+            if spec.url in registry.specs:
+                raise InvalidInputError(f"host {spec.url} is already in the pool")
+            registry.specs[spec.url] = spec
+        assert self.ray_session is not None
+        coro = self.ray_session.add_host(spec, timeout)
+        if self.loop.in_loop_thread():
+            self.loop.spawn(coro)
+            return HostView(spec.url, "up", 0, spec.capacity or 0, spec.weight, None)
+        return self.loop.run_sync(coro, timeout=timeout + 1)
+
+    def _ray_remove_host(
+        self, registry: HostRegistry, url: str, drain: bool, timeout: float
+    ) -> None:
+        with registry.lock:
+            if url not in registry.specs:
+                listed = ", ".join(registry.specs)
+                raise InvalidInputError(f"host {url} is not in the pool (hosts: {listed})")
+            del registry.specs[url]
+        assert self.ray_session is not None
+        coro = self.ray_session.remove_host(url, drain, timeout)
+        if self.loop.in_loop_thread():
+            self.loop.spawn(coro)
+        else:
+            self.loop.run_sync(coro, timeout=timeout + 1)
 
     def _pool_registry(self, what: str) -> HostRegistry:
         if self._closed:
@@ -326,7 +396,11 @@ class ActorSystem:
 
     def host_views(self) -> list[HostView]:
         """The pool's hosts now (empty without a pool; any thread)."""
-        return [] if self._host_registry is None else list(self._host_registry.view)
+        if self._host_registry is None:
+            return []
+        if self.ray_session is not None:  # the Ray supervisors' pools, aggregated
+            return self.ray_session.host_views()
+        return list(self._host_registry.view)
 
     @property
     def supervisor_id(self) -> str:
@@ -363,7 +437,7 @@ class ActorSystem:
         if self._host_registry is not None:
             hosts = [
                 {"id": f"host-{v.url}", "kind": "host", **v.as_dict(), "children": []}
-                for v in self._host_registry.view
+                for v in self.host_views()
             ]
             pool_node: dict[str, Any] = {
                 "id": f"{self.supervisor_id}/hosts",
@@ -391,12 +465,12 @@ class ActorSystem:
                 *streams.values(),
                 *(
                     []
-                    if self.ray is None
+                    if self.ray is None or self.ray_session is None
                     else [
                         {
                             "id": f"ray-engine-{self.ray.id}",
                             "kind": "ray_engine",
-                            "children": self.ray.describe(),
+                            "children": self.ray_session.describe(),
                         }
                     ]
                 ),
@@ -459,8 +533,8 @@ class ActorSystem:
             }
             transport = self._transports[host] = (
                 OllamaTransport(host, **settings)
-                if self.ray is None
-                else RayTransport(host, self.ray, log=self.log, **settings)
+                if self.ray_session is None
+                else RayTransport(host, self.ray_session)
             )
         return transport
 
