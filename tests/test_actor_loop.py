@@ -13,7 +13,13 @@ import pykka
 import pytest
 
 from mellea_actors.errors import AskTimeoutError, InvalidInputError
-from mellea_actors.runtime.crossing import SWITCH_INTERVAL, SWITCH_INTERVAL_ENV, Waker
+from mellea_actors.runtime.crossing import (
+    SWITCH_INTERVAL,
+    SWITCH_INTERVAL_ENV,
+    CallBatch,
+    Waker,
+    hop,
+)
 from mellea_actors.runtime.loop import ActorLoop, LoopActor, ask_async, tell_here
 
 
@@ -294,3 +300,37 @@ def test_actor_stopped_can_be_waited_for_like_pykkas_event(actor_loop: ActorLoop
     ref.stop()
     waiter.join(5.0)
     assert stopped.is_set() and ref.actor_stopped.wait(0) is True
+
+
+def test_a_call_batch_crosses_once_for_what_it_holds_and_keeps_the_order(
+    actor_loop: ActorLoop,
+) -> None:
+    """What other threads submit while the loop is busy runs in one callback, in submission
+    order; a callback's exception goes to the loop's handler and the others still run; a
+    ``hop`` sent after a ``submit`` by the same thread runs after it."""
+    loop = actor_loop.loop
+    batch = CallBatch(loop)
+    errors: list[BaseException] = []
+    loop.call_soon_threadsafe(
+        loop.set_exception_handler, lambda _loop, ctx: errors.append(ctx["exception"])
+    )
+    held, release, done = threading.Event(), threading.Event(), threading.Event()
+    ran: list[tuple[int, int]] = []  # (item, the loop's ready-queue length when it ran)
+    loop.call_soon_threadsafe(lambda: (held.set(), release.wait(5.0)))
+    assert held.wait(5.0)
+    ready_before = len(loop._ready)  # type: ignore[attr-defined]
+
+    def item(k: int) -> None:
+        ran.append((k, len(loop._ready)))  # type: ignore[attr-defined]
+        if k == 3:
+            raise ValueError("item 3 fails")
+
+    for k in range(50):
+        batch.submit(item, k)
+    hop(loop, done.set)  # after the batch: sent later by the same thread
+    # one crossing for the fifty: the batch's callback and the hop are all that was queued
+    assert len(loop._ready) == ready_before + 2  # type: ignore[attr-defined]
+    release.set()
+    assert done.wait(5.0)
+    assert [k for k, _ in ran] == list(range(50))
+    assert len(errors) == 1 and isinstance(errors[0], ValueError)

@@ -17,7 +17,7 @@ from mellea_actors.backends.model_options import (
 )
 from mellea_actors.core.backend import Backend
 from mellea_actors.core.cblock import CBlock, render_plain
-from mellea_actors.core.context_chain import Context, ContextTurn
+from mellea_actors.core.context_chain import SIMPLE_CONTEXT_KEEP, Context, ContextTurn
 from mellea_actors.core.requirement import (
     PartialValidationResult,
     Requirement,
@@ -159,6 +159,31 @@ def test_context_as_list_is_the_sequence_of_adds(texts: list[str]) -> None:
     assert ctx.as_list() == blocks
     for i, snap in enumerate(snapshots):
         assert snap.as_list() == blocks[:i]
+
+
+@given(st.lists(st.text(max_size=5), max_size=12))
+def test_a_simple_context_keeps_its_newest_items_like_a_subclass_does(texts: list[str]) -> None:
+    """SimpleContext links its nodes directly (its add is on every request's path); a subclass
+    goes the general way. Both keep the same newest items, and nothing older stays reachable."""
+
+    class Configured(SimpleContext):
+        def __init__(self) -> None:
+            super().__init__()
+            self.label = "kept"
+
+    blocks = [CBlock(t) for t in texts]
+    plain: Context = SimpleContext()
+    sub: Context = Configured()
+    for block in blocks:
+        plain, sub = plain.add(block), sub.add(block)
+        assert type(plain) is SimpleContext and not plain.is_root_node
+    assert plain.as_list() == sub.as_list() == blocks[-SIMPLE_CONTEXT_KEEP:]
+    assert plain.is_chat_context is False and plain.view_for_generation() == []
+    node: Context | None = plain
+    depth = 0
+    while node is not None and not node.is_root_node:
+        node, depth = node.previous_node, depth + 1
+    assert depth == min(len(blocks), SIMPLE_CONTEXT_KEEP)  # nothing older is reachable
 
 
 def test_context_rejects_bad_items_and_arguments() -> None:

@@ -133,6 +133,28 @@ def test_model_options_are_session_defaults(scripted: ScriptedOllama) -> None:
     assert second.options == {"temperature": 0.1, "num_predict": 9}
 
 
+def test_options_resolved_once_still_follow_changes_and_types(scripted: ScriptedOllama) -> None:
+    """The backend remembers each option set it resolved: a changed ``backend.model_options``
+    takes effect on the next call, and values that are equal but of another type (``True`` and
+    ``1``) are not taken for each other (strict validation tells them apart)."""
+    with start_session(model_id=SCRIPTED_MODEL, base_url=scripted.base_url) as m:
+        opts = {ModelOption.MAX_NEW_TOKENS: 5}
+        m.instruct("a", model_options=opts)
+        m.instruct("b", model_options=dict(opts))  # the same set: resolved once
+        m.backend.model_options[ModelOption.TEMPERATURE] = 0.5
+        m.instruct("c", model_options=opts)
+        m.instruct("d", model_options={"seed": 1})
+        with pytest.raises(InvalidInputError, match="seed"):
+            m.instruct("e", model_options={"seed": True})
+    options = [r.options for r in scripted.requests]
+    assert options == [
+        {"num_predict": 5},
+        {"num_predict": 5},
+        {"num_predict": 5, "temperature": 0.5},
+        {"temperature": 0.5, "seed": 1},
+    ]
+
+
 # -- timeout (Mellea's OllamaModelBackend argument) -------------------------------------------
 
 STALLING = Script(tokens=("a", "b"), stall_after=1, stall_for=1.0)

@@ -86,3 +86,36 @@ def test_a_generation_waiting_for_a_slot_holds_no_task(scripted: ScriptedOllama)
         assert thunks[10].cancelled
         assert len(scripted.requests) == 39
         assert _generator_tasks(m) == 0
+
+
+def test_a_pending_thunk_costs_little_memory() -> None:
+    """Regression (SPEC §8: 10,000 live thunks at <= 4 KB each): a thunk waiting for its
+    answer held a list and a lock of its own, a list for avalue() waiters nobody had, a fresh
+    empty SimpleContext, and its options were validated anew (pydantic objects). Traced per
+    pending thunk (made with ``submit``): 3,250 B before, 2,950 B after; the budget is 3,100 B.
+    Measured with the log's ring buffer already full, so its records replace traced ones."""
+    n = 2000
+    server = ScriptedOllamaProcess(
+        Script(tokens=("late",), first_delay=600.0), models=(SCRIPTED_MODEL,)
+    ).start()
+    try:
+        with start_session(model_id=SCRIPTED_MODEL, base_url=server.base_url, max_in_flight=1) as m:
+            for i in range(10_000):  # fill the ring: its records then replace traced ones
+                m.system.log.emit("warm", actor="test", kind="test", thunk=str(i))
+            first = m.submit("the one that holds the slot")
+            server.wait_for_requests(1, WAIT)
+            gc.collect()
+            tracemalloc.start()
+            try:
+                before, _ = tracemalloc.get_traced_memory()
+                thunks = [m.submit(f"pending {k}") for k in range(n)]
+                m.system.log.wait_for("generation_started", count=n + 1, timeout=WAIT)
+                gc.collect()
+                after, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert not any(t.is_computed() for t in thunks) and not first.is_computed()
+    finally:
+        server.stop()
+    per_thunk = (after - before) / n
+    assert per_thunk < 3100, f"a pending thunk holds {per_thunk:.0f} bytes"

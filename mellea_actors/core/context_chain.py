@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from mellea_actors.core.model_output import ModelOutputThunk
 
 __all__ = [
+    "EMPTY_SIMPLE_CONTEXT",
     "SIMPLE_CONTEXT_KEEP",
     "ChatContext",
     "Context",
@@ -215,17 +216,53 @@ class SimpleContext(Context):
     def add(self, c: ContextItem) -> SimpleContext:
         """A new ``SimpleContext`` with ``c`` appended (and the oldest item dropped when it
         already held :data:`SIMPLE_CONTEXT_KEEP`)."""
-        kept = self.as_list(last_n_components=SIMPLE_CONTEXT_KEEP)
-        if len(kept) < SIMPLE_CONTEXT_KEEP:
-            return SimpleContext.from_previous(self, c)
-        node = SimpleContext()
-        for item in kept[1:]:
-            node = SimpleContext.from_previous(node, item)
-        return SimpleContext.from_previous(node, c)
+        if type(self) is not SimpleContext or not self.__dict__.keys() <= _PLAIN_NODE:
+            # configuration (a subclass's, or attributes set on a node) is copied
+            kept = self.as_list(last_n_components=SIMPLE_CONTEXT_KEEP)
+            if len(kept) < SIMPLE_CONTEXT_KEEP:
+                return SimpleContext.from_previous(self, c)
+            node: SimpleContext = SimpleContext()
+            for item in kept[1:]:
+                node = SimpleContext.from_previous(node, item)
+            return SimpleContext.from_previous(node, c)
+        # Every request adds twice (its action, then its thunk), so this is on each call's
+        # path: the kept items were checked when they were added, and a plain SimpleContext
+        # has no configuration to copy — the nodes are linked directly.
+        _check_item(c)
+        newest: list[ContextItem | None] = []  # newest first
+        node = self
+        while not node._is_root and len(newest) < SIMPLE_CONTEXT_KEEP:
+            newest.append(node._data)
+            node = cast("SimpleContext", node._previous)
+        if len(newest) < SIMPLE_CONTEXT_KEEP:
+            return _simple_node(self, c)
+        chain = _SIMPLE_ROOT
+        for item in reversed(newest[:-1]):
+            chain = _simple_node(chain, item)
+        return _simple_node(chain, c)
 
     def view_for_generation(self) -> list[ContextItem]:
         """Always ``[]``: no prior turn is sent to the model."""
         return []
+
+
+#: The attributes of a node without configuration (``_is_chat_context`` is the class's).
+_PLAIN_NODE = frozenset({"_previous", "_data", "_is_root", "_is_chat_context"})
+
+
+def _simple_node(previous: SimpleContext, data: ContextItem | None) -> SimpleContext:
+    node = object.__new__(SimpleContext)
+    node._previous = previous
+    node._data = data
+    node._is_root = False
+    return node
+
+
+#: The empty root that :meth:`SimpleContext.add` rebuilds its kept items on (immutable, like
+#: every node: sharing it changes nothing a context shows).
+_SIMPLE_ROOT = SimpleContext()
+EMPTY_SIMPLE_CONTEXT = _SIMPLE_ROOT
+"""An empty :class:`SimpleContext`, shared (contexts are immutable)."""
 
 
 def _is_system_message(item: object) -> bool:

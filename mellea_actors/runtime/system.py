@@ -62,7 +62,7 @@ import pykka
 from mellea_actors._arguments import check_timeout
 from mellea_actors.errors import InvalidInputError, RuntimeClosedError
 from mellea_actors.runtime.breaker import BreakerPolicy
-from mellea_actors.runtime.crossing import await_concurrent
+from mellea_actors.runtime.crossing import CallBatch, await_concurrent
 from mellea_actors.runtime.generation_supervisor import GenerationSupervisor
 from mellea_actors.runtime.host_pool import TAGS_EVERY, HostRegistry, HostSpec, HostView
 from mellea_actors.runtime.log import SupervisionLog
@@ -169,6 +169,7 @@ class ActorSystem:
         self._policy = policy
         self._breaker_policy = breaker_policy
         self.loop = ActorLoop(name=f"mellea-actors-{self.id}").start()
+        self._begins = CallBatch(self.loop.loop)  # start_generation's crossings (any thread)
         self.log.emit("system_started", actor=self.id, kind="system")
         self.root: pykka.ActorRef[RootSupervisor] = RootSupervisor.start(
             self.loop,
@@ -266,8 +267,13 @@ class ActorSystem:
         self._thunks[request.request_id] = (cell, ref)
         self.log.capture_context(request.request_id)  # the caller's structlog contextvars
         # one thread crossing for both: the thunk actor's start, then the supervisor's message
-        # (whatever is sent to the thunk after this line is handled after its on_start)
-        self.loop.call_soon(_begin_generation, actor, supervisor, StartGeneration(request, ref))
+        # (whatever is sent to the thunk after this line is handled after its on_start), and
+        # one crossing for all the starts made while the loop had not run them yet
+        try:
+            self._begins.submit(_begin_generation, actor, supervisor, StartGeneration(request, ref))
+        except RuntimeError as exc:  # the loop closed under our feet
+            self._thunks.pop(request.request_id, None)
+            raise RuntimeClosedError(f"{self.id} {self._closed_reason}") from exc
         handle = ThunkHandle(cell, ref, streamed=request.stream, cancel=self._cancel_fn)
         scope = _started_in_scope.get()
         if scope is not None:

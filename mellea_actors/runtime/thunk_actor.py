@@ -10,14 +10,17 @@ Ownership of the :class:`ThunkCell` (trio-style, stated where it is enforced):
 
 * The ThunkActor, on the loop thread, is the only writer of ``deltas``, ``thinking``,
   ``status``, ``first_delta_at`` and ``outcome``. Readers on any thread only read them:
-  ``deltas`` is append-only (a reader may snapshot a prefix), ``outcome`` goes from None to a
-  frozen ThunkOutcome exactly once, after the last delta.
-* ``reader`` and ``waker`` are guarded by ``lock``. ``reader`` is **the single-reader guard**:
-  every way of reading the stream (``astream()``, ``iter_chunks()``, the stream actor of
-  ``stream_with_chunking``, a ``ReadNew`` ask) claims it for as long as it reads, and a second
-  claim while it is held raises :class:`SingleReaderError` naming the thunk and the holder. The
-  holder may park one :class:`~mellea_actors.runtime.crossing.Waker` in ``waker``; the actor
-  wakes it once after it published new text or the outcome (one cross-thread hop per wake-up).
+  ``deltas`` is append-only (a reader may snapshot a prefix; it is an empty tuple until the
+  first delta, then one list), ``outcome`` goes from None to a frozen ThunkOutcome exactly
+  once, after the last delta.
+* ``reader`` and ``waker`` are guarded by ``lock`` (one of 64 locks that cells share: the
+  sections under it touch one cell's fields and never take another lock). ``reader`` is
+  **the single-reader guard**: every way of reading the stream (``astream()``,
+  ``iter_chunks()``, the stream actor of ``stream_with_chunking``, a ``ReadNew`` ask) claims it
+  for as long as it reads, and a second claim while it is held raises
+  :class:`SingleReaderError` naming the thunk and the holder. The holder may park one
+  :class:`~mellea_actors.runtime.crossing.Waker` in ``waker``; the actor wakes it once after it
+  published new text or the outcome (one cross-thread hop per wake-up).
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ThunkActor", "ThunkCell", "read_from"]
 
+_CELL_LOCKS = tuple(threading.Lock() for _ in range(64))
+"""The locks ThunkCells share (by request id)."""
+
 
 class ThunkCell:
     """What a ThunkActor publishes, and the single-reader guard (see the module docstring)."""
@@ -72,13 +78,16 @@ class ThunkCell:
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         # written by the actor only (loop thread); read by anyone
-        self.deltas: list[str] = []  # append-only
+        # append-only; the shared empty tuple until the first delta (10,000 pending thunks
+        # need no list each), then the cell's own list
+        self.deltas: list[str] | tuple[str, ...] = ()
         self.thinking: list[str] | None = None  # append-only; made with the first piece
         self.status = ThunkStatus.PENDING
         self.outcome: ThunkOutcome | None = None  # set once
         self.first_delta_at: float | None = None
-        # guarded by ``lock``
-        self.lock = threading.Lock()
+        # guarded by ``lock``: one of a few shared locks (its sections are a few field
+        # operations and never nest, so cells may share one; a lock per cell cost 56 B each)
+        self.lock = _CELL_LOCKS[hash(request_id) % len(_CELL_LOCKS)]
         self.reader: str | None = None  # who holds the single-reader claim
         self.waker: Waker | None = None  # the holder's parked waker
 
@@ -181,7 +190,8 @@ class ThunkActor(RuntimeActor):
         self._registry = registry
         # a ReadNew waiting for text: (message, reply, its claim on the cell)
         self._pending_read: tuple[ReadNew, asyncio.Future[StreamRead], str] | None = None
-        self._outcome_waiters: list[asyncio.Future[ThunkOutcome]] = []
+        # avalue() waiters: None until there is one (most thunks never have any)
+        self._outcome_waiters: list[asyncio.Future[ThunkOutcome]] | None = None
 
     def __str__(self) -> str:
         return f"thunk {self.cell.request_id}"
@@ -224,8 +234,8 @@ class ThunkActor(RuntimeActor):
         self._publish(ThunkStatus.FAILED, meta, error=err)
 
     def _drain_waiters(self) -> list[asyncio.Future[Any]]:
-        futures: list[asyncio.Future[Any]] = list(self._outcome_waiters)
-        self._outcome_waiters.clear()
+        futures: list[asyncio.Future[Any]] = list(self._outcome_waiters or ())
+        self._outcome_waiters = None
         pending = self._take_pending_read()
         if pending is not None:
             futures.append(pending[1])
@@ -252,8 +262,12 @@ class ThunkActor(RuntimeActor):
             cell.thinking.append(message.thinking)
         if not message.deltas:
             return
-        more = bool(cell.deltas)  # the reader has text already: a coalescable wake-up
-        cell.deltas.extend(message.deltas)
+        deltas = cell.deltas
+        more = bool(deltas)  # the reader has text already: a coalescable wake-up
+        if isinstance(deltas, list):
+            deltas.extend(message.deltas)
+        else:  # the first deltas: the cell's own list from now on
+            cell.deltas = list(message.deltas)
         cell.wake_reader(more)
         pending = self._take_pending_read()
         if pending is not None and not pending[1].done():
@@ -298,7 +312,7 @@ class ThunkActor(RuntimeActor):
         pending = self._take_pending_read()
         if pending is not None and not pending[1].done():
             pending[1].set_result(read_from(self.cell, pending[0].cursor))
-        waiters, self._outcome_waiters = self._outcome_waiters, []
+        waiters, self._outcome_waiters = self._outcome_waiters or (), None
         for fut in waiters:
             if not fut.done():
                 fut.set_result(outcome)
@@ -341,5 +355,7 @@ class ThunkActor(RuntimeActor):
         if self.cell.outcome is not None:
             return self.cell.outcome
         fut: asyncio.Future[ThunkOutcome] = self.actor_loop.loop.create_future()
+        if self._outcome_waiters is None:
+            self._outcome_waiters = []
         self._outcome_waiters.append(fut)
         return fut
