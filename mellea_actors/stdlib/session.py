@@ -470,16 +470,17 @@ def start_session(
         queue_timeout: the longest a request waits for a slot, in seconds, before it fails with
             ``QueueTimeoutError`` (None: no bound). Time in the queue does not count against
             ``ModelOption.STREAM_TIMEOUT``.
-        engine: ``"local"`` (everything in this process) or ``"ray"`` (SPEC §11: the Ollama
-            streams run in Ray generation workers, everything else stays here; same session
-            API; needs ``pip install 'mellea_actors[ray]'``). Default: the environment
+        engine: ``"local"`` (everything in this process) or ``"ray"`` (SPEC §11: the
+            generation supervisors, with their transports and host pool, run as Ray async
+            actors; thunks, readers, validators and chunkers stay here; same session API;
+            needs ``pip install 'mellea_actors[ray]'``). Default: the environment
             variable ``MELLEA_ACTORS_ENGINE``, else ``"local"``. See
             :mod:`~mellea_actors.runtime.ray_transport`.
         ray_address: with ``engine="ray"``: ``None`` (use the Ray of this process if
             ``ray.init`` was called, else start a quiet local one, shut down with the last
             session that uses it), ``"auto"`` or ``"ray://HOST:PORT"`` (connect to that
             cluster; never shut it down). Default: ``RAY_ADDRESS`` is read by Ray itself.
-        ray_workers: with ``engine="ray"``: how many generation workers (default
+        ray_workers: with ``engine="ray"``: how many Ray generation supervisors (default
             ``MELLEA_ACTORS_RAY_WORKERS``, else one per node, or per CPU of a one-node
             cluster, at most 2). Shared by the process's sessions: the first session decides.
         **backend_kwargs: the keyword arguments of Mellea's ``OllamaModelBackend``:
