@@ -398,14 +398,30 @@ class _TickedTransport(FakeTransport):
         return await super().stream_chat(request, sink)
 
 
+class _TickedHosts(list[str]):
+    """``FakeTransport.hosts``, which the harness appends to at every ``transport_for`` (one
+    per launch): records the loop iteration of each."""
+
+    def __init__(self, transport: _TickedTransport) -> None:
+        super().__init__()
+        self.transport = transport
+        self.ticks: list[int] = []
+
+    def append(self, host: str) -> None:
+        self.ticks.append(self.transport.tick)
+        super().append(host)
+
+
 def test_attempts_admitted_together_start_at_most_a_burst_per_loop_iteration(
     actor_loop: ActorLoop,
 ) -> None:
     """Regression (p99 delay, bench scenario 4): every attempt admitted at once was started
     inline, so 1,000 thunks created together opened their connections in one or two loop
-    iterations while the running streams' chunks waited (up to 140 ms)."""
+    iterations while the running streams' chunks waited (up to 140 ms); and every new
+    generation was launched by its StartGeneration handler, all of a burst in one go."""
     n = 3 * START_BURST + 5
     transport = _TickedTransport(default=Attempt(deltas=("x",)))
+    launched = transport.hosts = _TickedHosts(transport)
     h = Harness(actor_loop, transport)
     held, release = threading.Event(), threading.Event()
 
@@ -427,6 +443,9 @@ def test_attempts_admitted_together_start_at_most_a_burst_per_loop_iteration(
     assert len(transport.began_at) == n
     assert max(per_iteration.values()) <= START_BURST
     assert len(per_iteration) >= 4  # n = 3 bursts and a bit: at least four iterations
+    # launched (host, breaker, log record, admission) at the same pace: not all at once
+    assert len(launched.ticks) == n
+    assert max(Counter(launched.ticks).values()) <= START_BURST
 
 
 def test_stopping_the_supervisor_cancels_its_generators(actor_loop: ActorLoop) -> None:

@@ -19,7 +19,10 @@ Ollama through the transport and tells the thunk actor every chunk. The supervis
   ``_starting``, at most :data:`START_BURST` per loop iteration: starting a stream (its task's
   first step opens a connection and sends the request) costs ~100-250 µs of the loop, so the
   running streams' chunks wait for a burst of starts in one iteration (a caller creating
-  1,000 thunks at once delayed the first chunks by up to 140 ms; bench/README.md).
+  1,000 thunks at once delayed the first chunks by up to 140 ms; bench/README.md). New
+  generations are *launched* (host and breaker, ``generation_started``, admission) the same
+  way, from ``_launching``: a ``StartGeneration`` only records the generation, so a cancel
+  that follows it finds it, and the launch skips it.
 
 Ownership, precisely:
 
@@ -306,7 +309,8 @@ class GenerationSupervisor(RuntimeActor):
         self._tags_every = tags_every
         # attempts that may start, with their transport (FIFO; _queue_start)
         self._starting: deque[tuple[_Generation, ChatTransport]] = deque()
-        self._start_scheduled = False
+        self._launching: deque[_Generation] = deque()  # new generations, to launch (FIFO)
+        self._start_scheduled = False  # a _start_queued is scheduled
         self._pool = None if hosts is None else HostPool(hosts, self._breaker)
 
     # lifecycle -------------------------------------------------------------------------------
@@ -361,8 +365,12 @@ class GenerationSupervisor(RuntimeActor):
     def _on_start_generation(self, message: StartGeneration) -> None:
         request = message.request
         gen = _Generation(request=request, thunk=message.thunk, host=request.host)
-        self._generations[request.request_id] = gen
-        self._launch(gen)
+        self._generations[request.request_id] = gen  # known now: a cancel finds it
+        # launched soon, at most START_BURST per iteration (_start_queued): the starts a caller
+        # makes in a row arrive here together, and launching each (its breaker, its log
+        # record, its admission) in one go held the loop for tens of ms at a burst's head
+        self._launching.append(gen)
+        self._schedule_starts()
 
     def _breaker(self, host: str) -> CircuitBreaker:
         breaker = self._breakers.get(host)
@@ -431,11 +439,21 @@ class GenerationSupervisor(RuntimeActor):
         running streams' chunks wait."""
         gen.starting = True
         self._starting.append((gen, transport))
+        self._schedule_starts()
+
+    def _schedule_starts(self) -> None:
         if not self._start_scheduled:
             self._start_scheduled = True
             self.actor_loop.loop.call_soon(self._start_queued)
 
     def _start_queued(self) -> None:
+        """One loop iteration's share: up to START_BURST new generations launched, then up to
+        START_BURST attempts started; the rest in the next iterations."""
+        launching = self._launching
+        for _ in range(min(len(launching), START_BURST)):
+            gen = launching.popleft()
+            if gen.cancel_reason is None and self._generations.get(gen.request.request_id) is gen:
+                self._launch(gen)
         starting = self._starting
         for _ in range(min(len(starting), START_BURST)):
             gen, transport = starting.popleft()
@@ -448,7 +466,7 @@ class GenerationSupervisor(RuntimeActor):
             if place is not None and place.state != 1:  # its place was given back since
                 continue
             self._start_attempt(gen, transport, place)
-        if starting:
+        if starting or launching:
             self.actor_loop.loop.call_soon(self._start_queued)
         else:
             self._start_scheduled = False
