@@ -130,6 +130,7 @@ def test_a_transient_fault_before_text_is_restarted_inside_ray(
         assert len(log.events(thunk=mot.request_id, event="ray_stream")) == 1  # one Ray call
         assert len(scripted.requests) == 2  # the fault, and the one restart: no double retry
         assert mot.generation is not None and mot.generation.finish_reason == "stop"
+        assert mot.generation.attempts == 2  # the Ray side's count reaches the caller's stats
         # a single-host session: its Ray supervisor shows the one host in the tree
         engine = next(n for n in m.system.tree()["children"] if n["kind"] == "ray_engine")
         hosts = [h for s in engine["children"] for h in s["children"]]

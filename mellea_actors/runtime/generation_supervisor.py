@@ -906,7 +906,8 @@ class GenerationSupervisor(RuntimeActor):
             total_duration_ns=final.total_duration,
             time_to_first_chunk=ttfc,
             streaming=gen.request.stream,
-            attempts=gen.attempt,
+            # a supervisor on the far side (Ray) counts its own attempts of our last one
+            attempts=gen.attempt - 1 + (getattr(final, "attempts", None) or 1),
         )
 
     async def _generate(

@@ -765,7 +765,7 @@ class _Channel:
             if listener is None or listener.future.done():
                 continue
             if end[0] == FINAL:
-                listener.future.set_result(FinalObject(end[1], end[2], end[3], end[4]))
+                listener.future.set_result(FinalObject(*end[1:6]))
             else:
                 listener.future.set_exception(end[1])
 

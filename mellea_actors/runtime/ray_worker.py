@@ -43,7 +43,8 @@ settings, restart and breaker policies, hosts, tags period) comes with its first
         deltas:     int               the raw deltas the item carries (statistics)
         thinkings:  None, or a tuple of str beside ``texts`` (only if one has thinking)
         ends:       None, or ((stream_id, end), ...), end being
-                    (FINAL, done_reason, prompt_tokens, completion_tokens, total_duration) or
+                    (FINAL, done_reason, prompt_tokens, completion_tokens, total_duration,
+                     attempts) or
                     (ERROR, exception)   a mellea_actors.errors instance (pickles with its
                                          fields): the supervisor here gave up on it
         news:       None, or (records, hosts): the supervision records since the last item
@@ -369,6 +370,7 @@ class _StreamOut(LoopActor):
                 meta.prompt_tokens,
                 meta.completion_tokens,
                 meta.total_duration_ns,
+                meta.attempts,
             )
         elif kind is GenerationFailed:
             error = message.error

@@ -91,6 +91,9 @@ class FinalObject:
     prompt_eval_count: int | None
     eval_count: int | None
     total_duration: int | None
+    attempts: int | None = None
+    """How many attempts a supervisor on the far side made (a Ray generation supervisor's
+    restarts and failovers); None for a stream read here."""
 
 
 def _message_body(message: ChatMessage) -> dict[str, Any]:
