@@ -323,20 +323,9 @@ class _ForwardingLog(SupervisionLog):
         super().__init__(capacity=1)
         self._box = box
 
-    def emit(
-        self,
-        event: str,
-        *,
-        actor: str,
-        kind: str,
-        parent: str | None = None,
-        thunk: str | None = None,
-        reason: str | None = None,
-        **fields: Any,
-    ) -> dict[str, Any]:
-        record = make_record(
-            event, actor=actor, kind=kind, parent=parent, thunk=thunk, reason=reason, **fields
-        )
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        """As :meth:`SupervisionLog.emit` (the same keywords), into the channel."""
+        record = make_record(event, **fields)
         if not self._box.closed:
             self._box.record(record)
         return dict(record)
