@@ -239,3 +239,30 @@ def test_what_the_ray_supervisor_gave_up_on_is_not_retried_by_the_caller(
         assert len(restarts) == 1 and not _caller_own(restarts)
         assert len(scripted.requests) == 2  # one try and one restart: the caller added none
         assert len(log.events(thunk=mot.request_id, event="ray_stream")) == 1
+
+
+def test_each_step_of_a_generation_is_recorded_once(
+    ray_cluster: str,  # noqa: F811
+    scripted: ScriptedOllama,
+) -> None:
+    """Regression (the log and the live view's counts): the caller's relay recorded every
+    attempt's start, first chunk, end and cancel a second time, beside the Ray supervisor's
+    records, so a Ray session counted each generation twice."""
+    scripted.set_script(Script(tokens=TOKENS, delay=0.02))
+    with _session(scripted.base_url) as m:
+        done = m.submit("done")
+        assert done.wait(timeout=WAIT) == TEXT
+        cut = m.submit("cut", model_options={ModelOption.STREAM: True})
+        log = m.system.log
+        log.wait_for("first_chunk", thunk=cut.request_id, timeout=WAIT)
+        cut.cancel_sync(timeout=WAIT)
+        log.wait_for("actor_stopped", thunk=cut.request_id, timeout=WAIT)
+        steps = ("generation_started", "first_chunk", "generation_completed")
+        for name in steps:
+            (record,) = log.events(thunk=done.request_id, event=name)
+            assert record["ray_actor_id"] and record["node_id"]
+        (cancelled,) = log.events(thunk=cut.request_id, event="generation_cancelled")
+        assert not log.events(thunk=cut.request_id, event="generation_completed")
+        # the Ray side's own generation_cancelled would come after the thunk stopped: none did
+        m.submit("after").wait(timeout=WAIT)
+        assert log.events(thunk=cut.request_id, event="generation_cancelled") == [cancelled]

@@ -232,6 +232,9 @@ class _Generation:
 #: 140 ms and the p99 delay was 15-28 ms; with 16 for all, 4-8 ms; 4 measured like 16.)
 START_BURST = 16
 
+#: The records a relay leaves to the supervisor on the far side (see ``relay``).
+_RELAY_QUIET = frozenset({"generation_started", "first_chunk", "generation_completed"})
+
 
 class _DeltaBatch:
     """The generator's :class:`~mellea_actors.transport.ollama_http.DeltaSink` (loop thread).
@@ -296,8 +299,14 @@ class GenerationSupervisor(RuntimeActor):
         parent: pykka.ActorRef[Any] | None = None,
         hosts: HostRegistry | None = None,
         tags_every: float = TAGS_EVERY,
+        relay: bool = False,
     ) -> None:
         super().__init__(actor_loop, log=log, actor_id=actor_id, parent_id=parent_id, parent=parent)
+        # A relay (engine="ray": the supervisor on the far side reports each attempt's start,
+        # first chunk and end, with its Ray ids) does not record them a second time; nor a
+        # failure the far side recorded (``recorded_remotely`` on the error).
+        self._relay = relay
+        self._quiet = _RELAY_QUIET if relay else frozenset()
         self.transport_for = transport_for
         self.policy = policy or RestartPolicy()
         self.breaker_policy = breaker_policy or BreakerPolicy()
@@ -344,6 +353,8 @@ class GenerationSupervisor(RuntimeActor):
         """A record of the supervisor itself, or (``gen``) of one of its generators."""
         if gen is None:
             self.emit(event, **fields)
+            return
+        if event in self._quiet:
             return
         rid = gen.request.request_id
         self.emit_child(event, actor=f"generator-{rid}", kind="generator", thunk=rid, **fields)
@@ -563,14 +574,15 @@ class GenerationSupervisor(RuntimeActor):
 
     def _fail(self, gen: _Generation, error: BaseException, why: str = "") -> None:
         self._generations.pop(gen.request.request_id, None)
-        self._emit(
-            "generation_failed",
-            gen,
-            reason=f"{error} {why}".strip(),
-            error_type=type(error).__name__,
-            attempts=gen.attempt,
-            chunks=gen.deltas,
-        )
+        if not (self._relay and getattr(error, "recorded_remotely", False)):
+            self._emit(
+                "generation_failed",
+                gen,
+                reason=f"{error} {why}".strip(),
+                error_type=type(error).__name__,
+                attempts=gen.attempt,
+                chunks=gen.deltas,
+            )
         self._tell_thunk(gen, GenerationFailed(error, self._meta(gen)))
 
     @handles(ChildCrashed)

@@ -767,7 +767,9 @@ class _Channel:
             if end[0] == FINAL:
                 listener.future.set_result(FinalObject(*end[1:6]))
             else:
-                listener.future.set_exception(end[1])
+                error = end[1]
+                error.recorded_remotely = True  # its generation_failed came with the records
+                listener.future.set_exception(error)
 
     def _news(self, news: News) -> None:
         """The Ray supervisor's records, re-emitted into the session's log with the actor's

@@ -322,10 +322,16 @@ class _ForwardingLog(SupervisionLog):
     def __init__(self, box: _Outbox) -> None:
         super().__init__(capacity=1)
         self._box = box
+        self.caller_cancelled: set[str] = set()
+        """Request ids the caller cancelled (actor loop): their ``generation_cancelled`` is the
+        caller's own record (it may have cancelled before the start got here), not sent."""
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
         """As :meth:`SupervisionLog.emit` (the same keywords), into the channel."""
         record = make_record(event, **fields)
+        if event == "generation_cancelled" and record["thunk"] in self.caller_cancelled:
+            self.caller_cancelled.discard(record["thunk"])
+            return dict(record)
         if not self._box.closed:
             self._box.record(record)
         return dict(record)
@@ -479,6 +485,10 @@ class _Session:
         rid = self._forget(stream_id)
         if rid is None:
             return False
+        cancelled = self.log.caller_cancelled
+        if len(cancelled) > 10_000:  # ids whose cancel raced their end (no record came)
+            cancelled.clear()
+        cancelled.add(rid)
         with contextlib.suppress(Exception):
             tell_here(self.supervisor.actor_ref, CancelGeneration(rid, "cancelled by its caller"))
         return True

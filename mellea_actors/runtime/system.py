@@ -223,6 +223,7 @@ class ActorSystem:
                 parent=parent,
                 hosts=None,
                 tags_every=self._tags_every,
+                relay=True,
             )
         return GenerationSupervisor.start(
             self.loop,
