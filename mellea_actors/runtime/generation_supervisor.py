@@ -306,7 +306,6 @@ class GenerationSupervisor(RuntimeActor):
         # first chunk and end, with its Ray ids) does not record them a second time; nor a
         # failure the far side recorded (``recorded_remotely`` on the error).
         self._relay = relay
-        self._quiet = _RELAY_QUIET if relay else frozenset()
         self.transport_for = transport_for
         self.policy = policy or RestartPolicy()
         self.breaker_policy = breaker_policy or BreakerPolicy()
@@ -354,7 +353,7 @@ class GenerationSupervisor(RuntimeActor):
         if gen is None:
             self.emit(event, **fields)
             return
-        if event in self._quiet:
+        if self._relay and event in _RELAY_QUIET:
             return
         rid = gen.request.request_id
         self.emit_child(event, actor=f"generator-{rid}", kind="generator", thunk=rid, **fields)
