@@ -172,10 +172,12 @@ class MelleaSession:
             self._making += 1
         try:
             mot, new_ctx = await self.backend.generate_from_context(action, ctx, **kwargs)
-        finally:
+        except BaseException:
             with self._pending_lock:
                 self._making -= 1
-        with self._pending_lock:
+            raise
+        with self._pending_lock:  # from being made to unresolved, in one step
+            self._making -= 1
             self._pending.append(mot)
         return mot, new_ctx
 
