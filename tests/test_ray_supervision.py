@@ -37,13 +37,9 @@ def _ray_installed() -> None:
 
 
 def _session(base_url: Any, **kwargs: Any) -> MelleaSession:
+    kwargs.setdefault("restart_policy", RestartPolicy(max_restarts=3, backoff_initial=0.05))
     return start_session(
-        model_id=SCRIPTED_MODEL,
-        base_url=base_url,
-        engine="ray",
-        ray_workers=2,
-        restart_policy=RestartPolicy(max_restarts=3, backoff_initial=0.05),
-        **kwargs,
+        model_id=SCRIPTED_MODEL, base_url=base_url, engine="ray", ray_workers=2, **kwargs
     )
 
 
@@ -221,12 +217,8 @@ def test_what_the_ray_supervisor_gave_up_on_is_not_retried_by_the_caller(
     scripted: ScriptedOllama,
 ) -> None:
     scripted.enqueue(Script(drop_after=0), Script(drop_after=0), Script(tokens=TOKENS))
-    with start_session(
-        model_id=SCRIPTED_MODEL,
-        base_url=scripted.base_url,
-        engine="ray",
-        ray_workers=2,
-        restart_policy=RestartPolicy(max_restarts=1, backoff_initial=0.01),
+    with _session(
+        scripted.base_url, restart_policy=RestartPolicy(max_restarts=1, backoff_initial=0.01)
     ) as m:
         mot = m.submit("x", model_options={ModelOption.STREAM: True})
         with pytest.raises(StreamDroppedError) as info:
