@@ -113,7 +113,7 @@ from mellea_actors.runtime.host_pool import (
     HostView,
     PooledHost,
 )
-from mellea_actors.runtime.loop import ActorLoop, tell_here
+from mellea_actors.runtime.loop import ActorLoop, actor_here, tell_here
 from mellea_actors.runtime.messages import (
     AddHost,
     CancelGeneration,
@@ -240,9 +240,10 @@ class _DeltaBatch:
     """The generator's :class:`~mellea_actors.transport.ollama_http.DeltaSink` (loop thread).
 
     The transport adds the deltas of one network read, then flushes (its contract): the thunk
-    actor gets them in one ``DeltasArrived``, handled at once (the same-loop fast path,
-    :func:`~mellea_actors.runtime.loop.tell_here`: the generator and the thunk actor share the
-    loop). ``flush()`` also runs before the generator's final message to the thunk.
+    actor takes them at once, in one call of its ``take_deltas`` (the same-loop fast path,
+    :func:`~mellea_actors.runtime.loop.actor_here`: the generator and the thunk actor share the
+    loop; no message is built), or, when the actor cannot run now, in one queued
+    ``DeltasArrived``. ``flush()`` also runs before the generator's final message to the thunk.
     """
 
     __slots__ = ("_at", "_gen", "_on_first", "_texts", "_thinking")
@@ -271,12 +272,21 @@ class _DeltaBatch:
         texts, thinking = self._texts, self._thinking
         if not texts and not thinking:
             return
-        message = DeltasArrived(tuple(texts), "".join(thinking) if thinking else "", self._at)
-        texts.clear()
+        joined = "".join(thinking) if thinking else ""
         if thinking:
             thinking.clear()
+        ref = self._gen.thunk
+        actor = actor_here(ref)
+        take = getattr(actor, "take_deltas", None)  # a ThunkActor, or the Ray side's stream
+        if take is not None:  # the usual case: no message object, no dispatch
+            assert actor is not None
+            actor.run_now(take, texts, joined, self._at)
+            texts.clear()
+            return
+        message = DeltasArrived(tuple(texts), joined, self._at)
+        texts.clear()
         try:  # noqa: SIM105 (not contextlib.suppress: this runs once per network read)
-            tell_here(self._gen.thunk, message)
+            ref.tell(message)
         except pykka.ActorDeadError:  # a crashed thunk: reported elsewhere
             pass
 

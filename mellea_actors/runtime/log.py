@@ -211,8 +211,8 @@ class SupervisionLog:
         thunk: str | None = None,
         reason: str | None = None,
         **fields: Any,
-    ) -> dict[str, Any]:
-        """Record one event; returns the record (a fresh dict the log will not change)."""
+    ) -> None:
+        """Record one event (five per generation: no copy of the record is made back)."""
         record = make_record(
             event, actor=actor, kind=kind, parent=parent, thunk=thunk, reason=reason, **fields
         )
@@ -228,7 +228,6 @@ class SupervisionLog:
         level = _LEVELS.get(event, logging.INFO)
         if self._std.isEnabledFor(level):
             self._log(level, record, bound)
-        return dict(record)
 
     def _thunk_ended(self, thunk: str) -> None:
         """(Lock held.) ``thunk``'s context lingers until _LINGER more thunks have ended."""

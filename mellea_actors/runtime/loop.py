@@ -79,6 +79,7 @@ __all__ = [
     "ActorLoop",
     "LoopActor",
     "LoopFuture",
+    "actor_here",
     "ask_async",
     "current_actor_loop",
     "tell_here",
@@ -410,6 +411,26 @@ class _StoppedFlag:
 _flag_events_lock = threading.Lock()
 
 
+def actor_here(ref: pykka.ActorRef[Any]) -> LoopActor | None:
+    """The actor behind ``ref`` when the caller may run its code at once — the caller runs on
+    the actor's loop thread, the actor is not handling a message up the stack, and it has not
+    stopped — else None. The test :func:`tell_here` makes; for a sender whose message would
+    only carry arguments to one method of the actor (the generator's deltas, once per network
+    read), it then calls :meth:`LoopActor.run_now` with them instead of building the message.
+    The same ordering rule holds: a sender that goes this way keeps doing so until its last
+    message, or falls back to ``tell`` (queued) for all the rest."""
+    inbox = ref.actor_inbox
+    actor = inbox._actor if inbox.__class__ is _LoopInbox else None
+    if (
+        actor is None
+        or actor._handling
+        or actor.actor_stopped._set  # type: ignore[attr-defined]
+        or current_actor_loop() is not actor.actor_loop
+    ):
+        return None
+    return actor
+
+
 def tell_here(ref: pykka.ActorRef[Any], message: Any) -> None:
     """``ref.tell(message)``, handled at once when the caller runs on the actor's loop thread
     and the actor is not handling a message right now (a handler of its own, up the stack);
@@ -561,6 +582,17 @@ class LoopActor(pykka.Actor):
             self._handling = False
         if response is not None and asyncio.iscoroutine(response):
             self._spawn(response, None)
+
+    def run_now(self, method: Callable[..., object], *args: Any) -> None:
+        """Run one of this actor's own methods now, as :meth:`receive_now` runs a handler (an
+        exception crashes the actor); only after :func:`actor_here` returned this actor."""
+        self._handling = True
+        try:
+            method(*args)
+        except BaseException:
+            self._crash(sys.exc_info())  # type: ignore[arg-type]
+        finally:
+            self._handling = False
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], reply_to: pykka.Future[Any] | None) -> None:
         task = self.actor_loop.loop.create_task(coro)

@@ -101,7 +101,7 @@ import hmac
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -238,9 +238,7 @@ class _Outbox:
     def add(self, stream_id: int, content: str, thinking: str, first: bool) -> None:
         self.add_many(stream_id, (content,), thinking, first)
 
-    def add_many(
-        self, stream_id: int, contents: tuple[str, ...], thinking: str, first: bool
-    ) -> None:
+    def add_many(self, stream_id: int, contents: Sequence[str], thinking: str, first: bool) -> None:
         """The deltas of one network read (one ``DeltasArrived``)."""
         parts = self.entries.get(stream_id)
         if parts is None:
@@ -326,15 +324,14 @@ class _ForwardingLog(SupervisionLog):
         """Request ids the caller cancelled (actor loop): their ``generation_cancelled`` is the
         caller's own record (it may have cancelled before the start got here), not sent."""
 
-    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+    def emit(self, event: str, **fields: Any) -> None:
         """As :meth:`SupervisionLog.emit` (the same keywords), into the channel."""
         record = make_record(event, **fields)
         if event == "generation_cancelled" and record["thunk"] in self.caller_cancelled:
             self.caller_cancelled.discard(record["thunk"])
-            return dict(record)
+            return
         if not self._box.closed:
             self._box.record(record)
-        return dict(record)
 
 
 class _StreamOut(LoopActor):
@@ -349,12 +346,17 @@ class _StreamOut(LoopActor):
         self._id = stream_id
         self._first = True
 
+    def take_deltas(self, deltas: Sequence[str], thinking: str, at: float) -> None:
+        """The deltas of one network read: ``DeltasArrived`` without the message (the
+        generator's fast path, as :meth:`ThunkActor.take_deltas`)."""
+        self._session.box.add_many(self._id, deltas, thinking, self._first)
+        self._first = False
+
     def on_receive(self, message: Any) -> Any:
         kind = type(message)
         session = self._session
         if kind is DeltasArrived:
-            session.box.add_many(self._id, message.deltas, message.thinking, self._first)
-            self._first = False
+            self.take_deltas(message.deltas, message.thinking, message.at)
             return None
         end: tuple[Any, ...]
         if kind is GenerationFinished:

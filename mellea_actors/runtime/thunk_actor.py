@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -250,28 +251,35 @@ class ThunkActor(RuntimeActor):
     # from the generator ----------------------------------------------------------------------
     @handles(DeltasArrived)
     def _on_deltas(self, message: DeltasArrived) -> None:
+        self.take_deltas(message.deltas, message.thinking, message.at)
+
+    def take_deltas(self, deltas: Sequence[str], thinking: str, at: float) -> None:
+        """The deltas of one network read, in order (``DeltasArrived`` without the message: the
+        generator calls this directly when it may run the actor's code at once, see
+        :func:`~mellea_actors.runtime.loop.actor_here`). ``deltas`` is copied, not kept."""
         cell = self.cell
         if cell.outcome is not None:
             return
         if cell.status is ThunkStatus.PENDING:
             cell.status = ThunkStatus.STREAMING
-            cell.first_delta_at = message.at or time.monotonic()
-        if message.thinking:
+            cell.first_delta_at = at or time.monotonic()
+        if thinking:
             if cell.thinking is None:
                 cell.thinking = []
-            cell.thinking.append(message.thinking)
-        if not message.deltas:
+            cell.thinking.append(thinking)
+        if not deltas:
             return
-        deltas = cell.deltas
-        more = bool(deltas)  # the reader has text already: a coalescable wake-up
-        if isinstance(deltas, list):
-            deltas.extend(message.deltas)
+        have = cell.deltas
+        more = bool(have)  # the reader has text already: a coalescable wake-up
+        if isinstance(have, list):
+            have.extend(deltas)
         else:  # the first deltas: the cell's own list from now on
-            cell.deltas = list(message.deltas)
+            cell.deltas = list(deltas)
         cell.wake_reader(more)
-        pending = self._take_pending_read()
-        if pending is not None and not pending[1].done():
-            pending[1].set_result(read_from(cell, pending[0].cursor))
+        if self._pending_read is not None:
+            pending = self._take_pending_read()
+            if pending is not None and not pending[1].done():
+                pending[1].set_result(read_from(cell, pending[0].cursor))
 
     def _publish(
         self,

@@ -173,13 +173,17 @@ class ThunkHandle:
                 await waker  # type: ignore[misc]  # parked implies a waker
             elif cell.outcome is None and not self.streamed:
                 await self.outcome()
-            read = read_from(cell, self.cursor)
+            # read_from(cell, cursor), inline (once per chunk: no StreamRead built)
+            outcome = cell.outcome
+            deltas = cell.deltas if outcome is None else outcome.deltas
+            cursor, end = self.cursor, len(deltas)
+            text = deltas[cursor] if end == cursor + 1 else "".join(deltas[cursor:end])
         finally:
             cell.release_reader(who)  # also drops a parked waker
-        self.cursor = read.cursor
-        if read.outcome is not None and not read.text:
-            _value_of(read.outcome)  # a failed generation raises once its text was read
-        return read.text
+        self.cursor = end
+        if outcome is not None and not text:
+            _value_of(outcome)  # a failed generation raises once its text was read
+        return text
 
     async def _read_next(self) -> StreamRead:
         """Wait (as the claimed reader) until there is text after the cursor or an outcome."""
