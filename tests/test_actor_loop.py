@@ -20,7 +20,7 @@ from mellea_actors.runtime.crossing import (
     Waker,
     hop,
 )
-from mellea_actors.runtime.loop import ActorLoop, LoopActor, ask_async, tell_here
+from mellea_actors.runtime.loop import ActorLoop, LoopActor, actor_here, ask_async, tell_here
 
 
 class Echo(LoopActor):
@@ -201,6 +201,67 @@ def test_tell_here_is_handled_at_once_on_the_loop_and_queued_elsewhere(
     ref.stop()
     with pytest.raises(pykka.ActorDeadError):
         tell_here(ref, "late")
+
+
+class _Taker(LoopActor):
+    """Takes values by a direct call (the generator's deltas path), and looks for itself with
+    actor_here from inside its own handler."""
+
+    def __init__(self, actor_loop: ActorLoop, crashes: list[str]) -> None:
+        super().__init__(actor_loop)
+        self.taken: list[int] = []
+        self.inside: list[object] = []
+        self.crashes = crashes
+
+    def take(self, value: int) -> None:
+        if value < 0:
+            raise ValueError(f"cannot take {value}")
+        self.taken.append(value)
+
+    def on_receive(self, message: Any) -> Any:
+        self.inside.append(actor_here(self.actor_ref))  # handling: not callable at once
+        return message
+
+    def on_crash(self, exc_info: Any) -> None:
+        self.crashes.append(repr(exc_info[1]))
+
+
+def test_actor_here_gives_the_actor_only_where_its_code_may_run_at_once(
+    actor_loop: ActorLoop,
+) -> None:
+    """The generator calls the thunk actor's take_deltas directly (no message) exactly when
+    tell_here would handle at once: on the actor's loop, not inside one of its handlers, not
+    stopped. Elsewhere actor_here is None (the caller falls back to a queued tell). A method
+    run with run_now that raises crashes the actor, as a handler would."""
+    crashes: list[str] = []
+    ref = _Taker.start(actor_loop, crashes)
+    actor = ref.actor_inbox._actor  # type: ignore[attr-defined]
+    results: list[object] = []
+
+    def on_loop() -> None:
+        here = actor_here(ref)
+        results.append(here)
+        if here is not None:
+            here.run_now(actor.take, 7)
+            results.append(list(actor.taken))  # taken before run_now returned
+
+    done = threading.Event()
+    actor_loop.call_soon(lambda: (on_loop(), done.set()))
+    assert done.wait(5.0)
+    assert results == [actor, [7]]
+    assert actor_here(ref) is None  # this thread is not the actor's loop
+    assert ref.ask("sync", timeout=5.0) == "sync"
+    assert actor.inside == [None]  # from inside its own handler: not at once
+
+    failed = threading.Event()
+    actor_loop.call_soon(lambda: (actor.run_now(actor.take, -1), failed.set()))
+    assert failed.wait(5.0)
+    assert ref.actor_stopped.wait(5.0)
+    assert crashes == ["ValueError('cannot take -1')"]
+    stopped: list[object] = []
+    seen = threading.Event()
+    actor_loop.call_soon(lambda: (stopped.append(actor_here(ref)), seen.set()))
+    assert seen.wait(5.0) and stopped == [None]
 
 
 async def test_wakes_from_the_loop_are_batched_and_none_is_lost(actor_loop: ActorLoop) -> None:
