@@ -124,6 +124,43 @@ async def test_a_stall_past_the_stream_timeout(scripted: ScriptedOllama) -> None
     assert record.disconnected_at is not None
 
 
+async def test_one_wheel_watches_every_stream_and_fires_only_the_starved_one(
+    scripted: ScriptedOllama,
+) -> None:
+    """Twenty streams whose tokens come 0.1 s apart outlive a 0.35 s stream timeout because
+    each token pushes their deadline on; the one that stalls after its first token is cancelled
+    with StreamTimeoutError. All of them are watched by the transport's one wheel (one timer),
+    which has nothing left to watch, and no timer armed, once they ended."""
+    steady = Script(tokens=tuple(f"t{i} " for i in range(8)), delay=0.1)
+    scripted.enqueue(Script(tokens=("a", "b", "c"), stall_after=1), *([steady] * 20))
+    transport = OllamaTransport(scripted.base_url)
+    watched: list[int] = []
+
+    async def one() -> str:
+        parts: list[str] = []
+
+        def on_delta(content: str, _thinking: str) -> None:
+            parts.append(content)
+            wheel = transport._wheel
+            if wheel is not None:
+                watched.append(wheel.watching)
+
+        await transport.stream_chat(request(scripted.base_url, timeout=0.35), Sink(on_delta))
+        return "".join(parts)
+
+    try:
+        async with asyncio.timeout(WAIT):
+            results = await asyncio.gather(*(one() for _ in range(21)), return_exceptions=True)
+    finally:
+        await transport.aclose()
+    timed_out = [r for r in results if isinstance(r, StreamTimeoutError)]
+    assert len(timed_out) == 1, results
+    assert sorted(r for r in results if isinstance(r, str)) == ["".join(steady.tokens)] * 20
+    assert max(watched) == 21  # every stream on the one wheel at once
+    wheel = transport._wheel
+    assert wheel is not None and wheel.watching == 0 and not wheel.armed
+
+
 async def test_cancelling_the_caller_closes_the_connection(scripted: ScriptedOllama) -> None:
     scripted.enqueue(Script(tokens=tuple("abcdefghij"), delay=0.5))
     transport = OllamaTransport(scripted.base_url)

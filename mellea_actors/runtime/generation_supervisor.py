@@ -84,7 +84,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import random
 import time
 from collections import deque
@@ -246,13 +245,13 @@ class _DeltaBatch:
     ``DeltasArrived``. ``flush()`` also runs before the generator's final message to the thunk.
     """
 
-    __slots__ = ("_at", "_gen", "_on_first", "_texts", "_thinking")
+    __slots__ = ("_at", "_gen", "_supervisor", "_texts", "_thinking")
 
-    def __init__(self, gen: _Generation, on_first: Callable[[], None]) -> None:
+    def __init__(self, gen: _Generation, supervisor: GenerationSupervisor) -> None:
         self._gen = gen
-        self._on_first = on_first
+        self._supervisor = supervisor  # told of the first delta (its log's first_chunk)
         self._texts: list[str] = []
-        self._thinking: list[str] = []
+        self._thinking: list[str] | None = None  # made for the first piece of thinking
         self._at = 0.0
 
     def add(self, content: str, thinking: str) -> None:
@@ -261,11 +260,13 @@ class _DeltaBatch:
             self._at = time.monotonic()
             if gen.deltas == 0:
                 gen.first_delta_at = self._at
-                self._on_first()
+                self._supervisor._first_chunk(gen)
         gen.deltas += 1
         if content:
             self._texts.append(content)
         if thinking:
+            if self._thinking is None:
+                self._thinking = []
             self._thinking.append(thinking)
 
     def flush(self) -> None:
@@ -289,6 +290,28 @@ class _DeltaBatch:
             ref.tell(message)
         except pykka.ActorDeadError:  # a crashed thunk: reported elsewhere
             pass
+
+
+class _AttemptEnded:
+    """The done callback of one attempt's generator task: ``_generator_done`` with what the
+    attempt was started with (one small object; a ``functools.partial`` is two)."""
+
+    __slots__ = ("attempt", "gen", "place", "supervisor")
+
+    def __init__(
+        self,
+        supervisor: GenerationSupervisor,
+        gen: _Generation,
+        attempt: int,
+        place: Ticket | None,
+    ) -> None:
+        self.supervisor = supervisor
+        self.gen = gen
+        self.attempt = attempt
+        self.place = place
+
+    def __call__(self, task: asyncio.Task[None]) -> None:
+        self.supervisor._generator_done(self.gen, self.attempt, self.place, task)
 
 
 class GenerationSupervisor(RuntimeActor):
@@ -441,7 +464,9 @@ class GenerationSupervisor(RuntimeActor):
             self._generate(gen, attempt, transport, place),
             name=f"generator-{gen.request.request_id}",
         )
-        task.add_done_callback(functools.partial(self._generator_done, gen, attempt, place))
+        task.add_done_callback(
+            _AttemptEnded(self, gen, attempt, place), context=self.actor_loop.callback_context
+        )
         gen.task = task
 
     def admission_granted(self, ticket: Ticket) -> None:
@@ -931,6 +956,11 @@ class GenerationSupervisor(RuntimeActor):
             attempts=gen.attempt - 1 + (getattr(final, "attempts", None) or 1),
         )
 
+    def _first_chunk(self, gen: _Generation) -> None:
+        """The attempt's first delta arrived (the log's public event name, SPEC §7)."""
+        assert gen.first_delta_at is not None
+        self._emit("first_chunk", gen, latency=gen.first_delta_at - gen.started_at)
+
     async def _generate(
         self, gen: _Generation, attempt: int, transport: ChatTransport, place: Ticket | None
     ) -> None:
@@ -940,12 +970,7 @@ class GenerationSupervisor(RuntimeActor):
         stream, so a stall is always seen by the transport's stream timeout.
         """
         request = gen.request
-
-        def on_first() -> None:  # the log's public event name (SPEC §7) for the first delta
-            assert gen.first_delta_at is not None
-            self._emit("first_chunk", gen, latency=gen.first_delta_at - gen.started_at)
-
-        batch = _DeltaBatch(gen, on_first)
+        batch = _DeltaBatch(gen, self)
         try:
             if place is None:
                 final = await transport.stream_chat(request, batch)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import itertools
 import sys
 import threading
@@ -110,6 +111,12 @@ class ActorLoop:
         self._closed = False
         self._closed_reason = "is closed"
         self._thread_id: int | None = None
+        self.callback_context = contextvars.Context()
+        """The context the runtime's own done callbacks run in (``add_done_callback(…,
+        context=…)``): asyncio otherwise copies the current context for each callback (a
+        tracked object per callback, two per generation). Only this loop's thread enters it,
+        one callback at a time (asyncio never runs a callback inside another); those callbacks
+        read and set no context variable. Not for tasks: a task's context is its own."""
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> ActorLoop:
@@ -216,7 +223,7 @@ class ActorLoop:
         error (a shutdown race) is dropped, anything else is printed with its traceback.
         """
         task = self._loop.create_task(coro, name=name)
-        task.add_done_callback(_retrieve_outcome)
+        task.add_done_callback(_retrieve_outcome, context=self.callback_context)
         return task
 
     def run_coroutine(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:

@@ -167,45 +167,30 @@ class DeltaSink(Protocol):
         ...
 
 
-class _Slot:
-    """``async with``: hold a place of the host's admission, waiting at most ``timeout`` s
-    (``place``: the caller's, taken with :meth:`OllamaTransport.admit`; released here)."""
+async def _take_place(
+    admission: Admission, timeout: float | None, host: str, model: str, place: Ticket | None
+) -> None:
+    """Hold a place of the host's admission, waiting at most ``timeout`` s (``place``: the
+    caller's, taken with :meth:`OllamaTransport.admit`, already held). Given back by
+    :func:`_give_place` (a plain ``try``/``finally``: an ``async with`` object and its bound
+    ``__aexit__`` would stay alive, two tracked objects, for the stream's whole life)."""
+    if place is not None:
+        return
+    if timeout is None or not admission.full():
+        await admission.acquire()
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await admission.acquire()
+    except TimeoutError:
+        raise queue_timeout_error(admission, timeout, host, model) from None
 
-    __slots__ = ("_admission", "_host", "_model", "_place", "_timeout")
 
-    def __init__(
-        self,
-        admission: Admission,
-        timeout: float | None,
-        host: str,
-        model: str,
-        place: Ticket | None,
-    ) -> None:
-        self._admission = admission
-        self._timeout = timeout
-        self._host = host
-        self._model = model
-        self._place = place
-
-    async def __aenter__(self) -> None:
-        if self._place is not None:
-            return
-        if self._timeout is None or not self._admission.full():
-            await self._admission.acquire()
-            return
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._admission.acquire()
-        except TimeoutError:
-            raise queue_timeout_error(
-                self._admission, self._timeout, self._host, self._model
-            ) from None
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._place is not None:
-            self._place.release()
-        else:
-            self._admission.release()
+def _give_place(admission: Admission, place: Ticket | None) -> None:
+    if place is not None:
+        place.release()
+    else:
+        admission.release()
 
 
 def queue_timeout_error(
@@ -220,35 +205,103 @@ def queue_timeout_error(
 
 
 class _Watchdog:
-    """Cancels a task when nothing was fed for ``timeout`` seconds (one timer, re-armed lazily).
+    """One stream's watchdog: cancels its task when nothing was fed for ``timeout`` seconds.
 
-    Feeding costs one ``loop.time()``; the timer only re-arms when it fires early. Loop thread.
+    Feeding costs one ``loop.time()``; the stream owns no timer of its own: a
+    :class:`_WatchdogWheel` checks every watchdog of the transport from one timer. Loop thread.
     """
 
-    __slots__ = ("_handle", "_loop", "_task", "_timeout", "fired", "last")
+    __slots__ = ("_loop", "_task", "_wheel", "fired", "last", "timeout")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
-        self._loop = loop
-        self._timeout = timeout
+    def __init__(self, wheel: _WatchdogWheel, timeout: float) -> None:
+        self._wheel = wheel
+        self._loop = wheel.loop
         self._task = asyncio.current_task()
+        self.timeout = timeout
         self.fired = False
-        self.last = loop.time()
-        self._handle = loop.call_at(self.last + timeout, self._check)
+        self.last = self._loop.time()
+        wheel.add(self)
 
     def feed(self) -> None:
         self.last = self._loop.time()
 
-    def _check(self) -> None:
-        deadline = self.last + self._timeout
-        if self._loop.time() < deadline:
-            self._handle = self._loop.call_at(deadline, self._check)
-            return
+    def fire(self) -> None:
+        """The wheel found it starved (it has left the wheel)."""
         self.fired = True
         if self._task is not None:
             self._task.cancel("stream timeout")
 
     def close(self) -> None:
-        self._handle.cancel()
+        self._wheel.discard(self)
+
+
+_WHEEL_SPACING = 0.01
+"""Seconds: the wheel's timer fires at most this often (a watchdog fires that much late at most)."""
+
+
+class _WatchdogWheel:
+    """The stream watchdogs of one transport, checked by one timer (loop thread).
+
+    The timer is armed for the earliest deadline (``last`` + ``timeout``) among the watchdogs;
+    when it fires, every watchdog past its deadline fires, and the timer is re-armed for the
+    earliest of the rest, never sooner than :data:`_WHEEL_SPACING` ahead. Fed streams push
+    their deadline on without touching the timer, so 1,000 streams cost one timer instead of
+    1,000 (each a timer handle, a context and a bound method, in the event loop's heap), and a
+    check of all of them once per ``timeout`` while they are busy.
+    """
+
+    __slots__ = ("_armed_at", "_dogs", "_handle", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._dogs: set[_Watchdog] = set()
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0
+
+    def add(self, dog: _Watchdog) -> None:
+        self._dogs.add(dog)
+        deadline = dog.last + dog.timeout
+        if self._handle is None or deadline < self._armed_at:
+            self._arm(deadline)
+
+    def discard(self, dog: _Watchdog) -> None:
+        self._dogs.discard(dog)
+        if not self._dogs and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    @property
+    def watching(self) -> int:
+        """How many streams it watches."""
+        return len(self._dogs)
+
+    @property
+    def armed(self) -> bool:
+        """Whether its one timer is armed."""
+        return self._handle is not None
+
+    def _arm(self, at: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = self.loop.call_at(at, self._tick)
+        self._armed_at = at
+
+    def _tick(self) -> None:
+        self._handle = None
+        now = self.loop.time()
+        earliest: float | None = None
+        starved: list[_Watchdog] = []
+        for dog in self._dogs:
+            deadline = dog.last + dog.timeout
+            if deadline <= now:
+                starved.append(dog)
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        for dog in starved:
+            self._dogs.discard(dog)
+            dog.fire()
+        if earliest is not None:
+            self._arm(max(earliest, now + _WHEEL_SPACING))
 
 
 def _said(exc: BaseException) -> str:
@@ -442,6 +495,7 @@ class OllamaTransport:
         self._client: ollama.AsyncClient | None = None
         self._admission: Admission | None = None
         self._pool: ConnectionPool | None = None
+        self._wheel: _WatchdogWheel | None = None  # the streams' watchdogs (loop of the pool)
         self._head = b""  # the request line and headers but Content-Length (see _ensure_pool)
 
     def _ensure_client(self) -> ollama.AsyncClient:
@@ -453,6 +507,11 @@ class OllamaTransport:
                 limits=httpx.Limits(max_connections=16, max_keepalive_connections=4),
             )
         return self._client
+
+    def _ensure_wheel(self) -> _WatchdogWheel:
+        if self._wheel is None:
+            self._wheel = _WatchdogWheel(asyncio.get_running_loop())
+        return self._wheel
 
     def _ensure_pool(self) -> ConnectionPool:
         if self._pool is None:
@@ -512,8 +571,9 @@ class OllamaTransport:
         decoder = _NdjsonDecoder(self.host, request.model, sink)
         decoder.admission = admission
         timeout = request.stream_timeout
-        async with _Slot(admission, self._queue_timeout, self.host, request.model, place):
-            watchdog = None if timeout is None else _Watchdog(asyncio.get_running_loop(), timeout)
+        await _take_place(admission, self._queue_timeout, self.host, request.model, place)
+        try:
+            watchdog = None if timeout is None else _Watchdog(self._ensure_wheel(), timeout)
             decoder.watchdog = watchdog
             try:
                 await pool.stream_post(message, decoder)
@@ -550,6 +610,8 @@ class OllamaTransport:
                 if watchdog is not None:
                     watchdog.close()
             admission.completed()
+        finally:
+            _give_place(admission, place)
         assert decoder.final is not None
         return decoder.final
 
