@@ -176,6 +176,38 @@ def actor_loop() -> Iterator[ActorLoop]:
     assert loop.stop(timeout=5)
 
 
+class _BusyThunkTransport(FakeTransport):
+    """Its first network read is flushed while the thunk actor looks busy (as from inside one
+    of its own handlers), so that batch goes to the mailbox; the later reads come when the
+    actor is free again."""
+
+    async def stream_chat(self, request: GenerationRequest, sink: Any) -> Any:
+        actor = sink._gen.thunk.actor_inbox._actor  # white box: the thunk actor behind the sink
+        sink.add("a ", "")
+        actor._handling = True
+        try:
+            sink.flush()
+        finally:
+            actor._handling = False
+        for text in ("b ", "c "):
+            sink.add(text, "")
+            sink.flush()
+        return FakeFinal()
+
+
+def test_once_a_delta_batch_is_queued_later_batches_and_the_end_queue_behind_it(
+    actor_loop: ActorLoop,
+) -> None:
+    """The generator hands each network read's deltas to the thunk actor by a direct call when
+    the actor can run at once, else by a queued message. Once one batch was queued, the later
+    ones (and the end) must be queued behind it: taken at once, "b c" would overtake "a" and
+    the end could publish the outcome before "a" arrived."""
+    h = Harness(actor_loop, _BusyThunkTransport(Attempt()))
+    outcome = h.outcome(h.start("r-busy"))
+    assert outcome.status is ThunkStatus.COMPUTED
+    assert outcome.deltas == ("a ", "b ", "c "), "a queued batch was overtaken"
+
+
 # -- the happy path -------------------------------------------------------------------------------
 def test_deltas_reach_the_thunk_in_order_and_it_ends_computed_with_the_final_stats(
     actor_loop: ActorLoop,

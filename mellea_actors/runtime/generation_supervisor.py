@@ -222,6 +222,9 @@ class _Generation:
     starting: bool = False
     """The current attempt waits in ``_starting`` (its place, if any, granted): cleared when
     it starts or is taken out (``_unqueue``), so a stale entry of the deque is skipped."""
+    deltas_queued: bool = False
+    """A delta batch went to the thunk as a queued message (its actor could not take it at
+    once): every later batch, and the end, is queued behind it, so none overtakes it."""
 
 
 #: Attempts started per loop iteration at most (see ``_queue_start``). Each start is ~100-250
@@ -276,14 +279,17 @@ class _DeltaBatch:
         joined = "".join(thinking) if thinking else ""
         if thinking:
             thinking.clear()
-        ref = self._gen.thunk
-        actor = actor_here(ref)
-        take = getattr(actor, "take_deltas", None)  # a ThunkActor, or the Ray side's stream
-        if take is not None:  # the usual case: no message object, no dispatch
-            assert actor is not None
-            actor.run_now(take, texts, joined, self._at)
-            texts.clear()
-            return
+        gen = self._gen
+        ref = gen.thunk
+        if not gen.deltas_queued:
+            actor = actor_here(ref)
+            take = getattr(actor, "take_deltas", None)  # a ThunkActor, or the Ray side's stream
+            if take is not None:  # the usual case: no message object, no dispatch
+                assert actor is not None
+                actor.run_now(take, texts, joined, self._at)
+                texts.clear()
+                return
+            gen.deltas_queued = True  # from now on in the mailbox, in order
         message = DeltasArrived(tuple(texts), joined, self._at)
         texts.clear()
         try:  # noqa: SIM105 (not contextlib.suppress: this runs once per network read)
@@ -929,9 +935,13 @@ class GenerationSupervisor(RuntimeActor):
 
     # the generator ---------------------------------------------------------------------------
     def _tell_thunk(self, gen: _Generation, message: Any) -> None:
-        """Tell the thunk actor (same loop: handled at once, after the deltas it was told)."""
+        """Tell the thunk actor (same loop: handled at once, after the deltas it was told; queued
+        behind them once a delta batch had to be queued)."""
         with contextlib.suppress(pykka.ActorDeadError):
-            tell_here(gen.thunk, message)
+            if gen.deltas_queued:
+                gen.thunk.tell(message)
+            else:
+                tell_here(gen.thunk, message)
 
     def _meta(self, gen: _Generation, final: Any = None) -> GenerationStats:
         ttfc = None if gen.first_delta_at is None else gen.first_delta_at - gen.started_at
