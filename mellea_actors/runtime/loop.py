@@ -24,8 +24,9 @@ Invariants (the whole engine relies on them):
   (the generator handing over the deltas of one network read, a stream actor cancelling its
   generation) has its ``tell`` handled at once instead of queued, unless that actor is already
   handling a message up the stack (then it is queued: handlers never nest within one actor).
-  The handler still runs on the loop thread, alone; messages from that sender stay in order as
-  long as it sends them all this way until its last one.
+  The handler still runs on the loop thread, alone. Order: a message handled at once overtakes
+  any earlier one of the same sender that had to be queued, so a sender whose messages must stay
+  in order queues all the rest once one was queued (the generator does: ``deltas_queued``).
 * Blocking on a pykka future from an ActorLoop thread raises instead of deadlocking. From an
   event loop, ``await future`` never blocks: the reply is handed over by a
   :class:`~mellea_actors.runtime.crossing.Waker` (every thread crossing lives in
@@ -424,8 +425,8 @@ def actor_here(ref: pykka.ActorRef[Any]) -> LoopActor | None:
     stopped — else None. The test :func:`tell_here` makes; for a sender whose message would
     only carry arguments to one method of the actor (the generator's deltas, once per network
     read), it then calls :meth:`LoopActor.run_now` with them instead of building the message.
-    The same ordering rule holds: a sender that goes this way keeps doing so until its last
-    message, or falls back to ``tell`` (queued) for all the rest."""
+    The same ordering rule holds: once one of its messages had to be queued, a sender whose
+    messages must stay in order queues all the rest (``tell``)."""
     inbox = ref.actor_inbox
     actor = inbox._actor if inbox.__class__ is _LoopInbox else None
     if (
@@ -441,7 +442,8 @@ def actor_here(ref: pykka.ActorRef[Any]) -> LoopActor | None:
 def tell_here(ref: pykka.ActorRef[Any], message: Any) -> None:
     """``ref.tell(message)``, handled at once when the caller runs on the actor's loop thread
     and the actor is not handling a message right now (a handler of its own, up the stack);
-    queued as usual otherwise.
+    queued as usual otherwise. A message handled at once overtakes an earlier queued one of the
+    same sender (see the module docstring).
 
     Raises ``pykka.ActorDeadError`` like ``tell`` when the actor is gone."""
     inbox = ref.actor_inbox
