@@ -10,7 +10,9 @@ stream read with an ``astream()`` loop) in a fresh process per configuration, si
 * ``one-loop`` — the engine's :class:`ActorLoop` *monkeypatched* to adopt the caller's running
   loop (no second thread: what "serving the actors on the caller's loop" would give, without
   the ``str()``/blocking-call rescue such a mode needs, so only for this workload);
-* ``one-loop+gc-off`` — both.
+* ``one-loop+gc-off`` — both;
+* ``wake-0`` — shipped, but every reader woken is handed over in the next loop iteration
+  (``crossing.WAKE_COALESCE`` = 0 instead of 1 ms).
 
 Per configuration and round: p50/p99/max of the server-send -> consumer-receive delay (matched
 by tag to the server's token send times), CPU and wall of the measured section, and the cyclic
@@ -39,7 +41,7 @@ sys.path.insert(0, str(HERE))
 
 from common import find_tag, percentile, raise_open_files, tag  # noqa: E402
 
-CONFIGS = ("floor", "shipped", "gc-off", "one-loop", "one-loop+gc-off")
+CONFIGS = ("floor", "shipped", "gc-off", "one-loop", "one-loop+gc-off", "wake-0")
 N, TOKENS, PERIOD = 1000, 40, 0.05
 
 
@@ -111,6 +113,10 @@ async def _run(config: str, base_url: str) -> dict[str, Any]:
     one_loop = config.startswith("one-loop")
     if one_loop:
         _adopt_caller_loop(holder)
+    if config == "wake-0":
+        from mellea_actors.runtime import crossing
+
+        crossing.WAKE_COALESCE = 0.0
     if config == "floor":
         one, consume = await _floor(base_url)
     else:
