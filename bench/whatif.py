@@ -79,9 +79,8 @@ async def _mellea_actors(base_url: str, one_loop: bool, holder: dict[str, Any]) 
     if one_loop:
         actor_loop._local.actor_loop = m.system.loop  # this thread is the engine's now
 
-    async def one(prompt: str) -> list[float]:
-        mot = await m.ainstruct(prompt, strategy=None, model_options={"stream": True})
-        return mot  # type: ignore[no-any-return]
+    async def one(prompt: str) -> Any:
+        return await m.ainstruct(prompt, strategy=None, model_options={"stream": True})
 
     async def consume(mot: Any) -> list[float]:
         times: list[float] = []
