@@ -446,12 +446,9 @@ def tell_here(ref: pykka.ActorRef[Any], message: Any) -> None:
     same sender (see the module docstring).
 
     Raises ``pykka.ActorDeadError`` like ``tell`` when the actor is gone."""
-    inbox = ref.actor_inbox
-    actor = inbox._actor if inbox.__class__ is _LoopInbox else None
-    if actor is None or actor._handling or current_actor_loop() is not actor.actor_loop:
-        ref.tell(message)  # elsewhere, or from inside this actor's own handler: queued
-    elif actor.actor_stopped._set:  # type: ignore[attr-defined]
-        raise ActorDeadError(f"{actor} is stopped")
+    actor = actor_here(ref)
+    if actor is None:  # elsewhere, from inside the actor's own handler, or stopped (tell raises)
+        ref.tell(message)
     else:
         actor.receive_now(message)
 
@@ -581,25 +578,19 @@ class LoopActor(pykka.Actor):
         """Handle a tell now (see :func:`tell_here`): the same as its delivery through the
         mailbox — a handler exception crashes the actor — without pykka's dispatch of proxy
         and stop messages, which a tell from the runtime never is."""
-        self._handling = True
-        try:
-            response = self.on_receive(message)
-        except BaseException:
-            self._crash(sys.exc_info())  # type: ignore[arg-type]
-            return
-        finally:
-            self._handling = False
+        response = self.run_now(self.on_receive, message)
         if response is not None and asyncio.iscoroutine(response):
             self._spawn(response, None)
 
-    def run_now(self, method: Callable[..., object], *args: Any) -> None:
-        """Run one of this actor's own methods now, as :meth:`receive_now` runs a handler (an
-        exception crashes the actor); only after :func:`actor_here` returned this actor."""
+    def run_now(self, method: Callable[..., Any], *args: Any) -> Any:
+        """Run one of this actor's own methods now, as a handler runs (an exception crashes the
+        actor; None is returned then); only after :func:`actor_here` returned this actor."""
         self._handling = True
         try:
-            method(*args)
+            return method(*args)
         except BaseException:
             self._crash(sys.exc_info())  # type: ignore[arg-type]
+            return None
         finally:
             self._handling = False
 

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from mellea_actors.runtime.crossing import Waker
     from mellea_actors.runtime.log import SupervisionLog
 
-__all__ = ["ThunkActor", "ThunkCell", "read_from"]
+__all__ = ["ThunkActor", "ThunkCell", "read_from", "read_now"]
 
 _CELL_LOCKS = tuple(threading.Lock() for _ in range(64))
 """The locks ThunkCells share (by request id)."""
@@ -150,15 +150,22 @@ class ThunkCell:
         return "".join(self.deltas[: len(self.deltas)])
 
 
-def read_from(cell: ThunkCell, cursor: int) -> StreamRead:
+def read_now(cell: ThunkCell, cursor: int) -> tuple[str, int, ThunkOutcome | None]:
     """The text after delta ``cursor`` that is there now, the next cursor, the outcome if final.
 
-    Safe from any thread (``deltas`` is append-only; the outcome, once set, holds them all).
+    Safe from any thread (``deltas`` is append-only; the outcome, once set, holds them all). A
+    plain tuple: ``astream()`` calls this once per chunk.
     """
     outcome = cell.outcome
     deltas: tuple[str, ...] | list[str] = cell.deltas if outcome is None else outcome.deltas
     end = len(deltas)
     text = deltas[cursor] if end == cursor + 1 else "".join(deltas[cursor:end])
+    return text, end, outcome
+
+
+def read_from(cell: ThunkCell, cursor: int) -> StreamRead:
+    """:func:`read_now` as the reply to a ``ReadNew``."""
+    text, end, outcome = read_now(cell, cursor)
     return StreamRead(text=text, cursor=end, outcome=outcome)
 
 

@@ -41,7 +41,7 @@ from mellea_actors._arguments import check_timeout
 from mellea_actors.errors import AskTimeoutError, RuntimeClosedError
 from mellea_actors.runtime.crossing import Waker
 from mellea_actors.runtime.messages import AwaitOutcome, StreamRead, ThunkOutcome, ThunkStatus
-from mellea_actors.runtime.thunk_actor import ThunkCell, read_from
+from mellea_actors.runtime.thunk_actor import ThunkCell, read_from, read_now
 
 __all__ = ["ThunkHandle"]
 
@@ -173,11 +173,7 @@ class ThunkHandle:
                 await waker  # type: ignore[misc]  # parked implies a waker
             elif cell.outcome is None and not self.streamed:
                 await self.outcome()
-            # read_from(cell, cursor), inline (once per chunk: no StreamRead built)
-            outcome = cell.outcome
-            deltas = cell.deltas if outcome is None else outcome.deltas
-            cursor, end = self.cursor, len(deltas)
-            text = deltas[cursor] if end == cursor + 1 else "".join(deltas[cursor:end])
+            text, end, outcome = read_now(cell, self.cursor)
         finally:
             cell.release_reader(who)  # also drops a parked waker
         self.cursor = end
