@@ -5,20 +5,20 @@ Not a scenario (``run.py`` does not run it, nothing here is a supported mode): i
 stream read with an ``astream()`` loop) in a fresh process per configuration, side by side:
 
 * ``floor`` — ``floor_client.py``, as in the bench;
-* ``shipped`` — mellea_actors as it is: the engine on its own loop thread;
+* ``shipped`` — mellea_actors with default settings: the session opened in the running loop,
+  so the engine is hosted on it (``engine_loop="caller"``, one thread);
 * ``gc-off`` — the same with the cyclic garbage collector disabled for the measured section;
-* ``one-loop`` — the engine's :class:`ActorLoop` *monkeypatched* to adopt the caller's running
-  loop (no second thread: what "serving the actors on the caller's loop" would give, without
-  the ``str()``/blocking-call rescue such a mode needs, so only for this workload);
-* ``one-loop+gc-off`` — both;
-* ``wake-0`` — shipped, but every reader woken is handed over in the next loop iteration
+* ``thread`` — ``engine_loop="thread"``: the engine on a loop thread of its own (the default
+  before the engine could be hosted);
+* ``thread+gc-off`` — both;
+* ``wake-0`` — thread, but every reader woken is handed over in the next loop iteration
   (``crossing.WAKE_COALESCE`` = 0 instead of 1 ms).
 
 Per configuration and round: p50/p99/max of the server-send -> consumer-receive delay (matched
 by tag to the server's token send times), CPU and wall of the measured section, and the cyclic
 GC's collections of generation ≥ 1 that ran during it (count, longest, total ms).
 
-    .venv/bin/python bench/whatif.py [--rounds 2] [--only shipped,one-loop]
+    .venv/bin/python bench/whatif.py [--rounds 2] [--only floor,shipped,thread]
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,43 +40,16 @@ sys.path.insert(0, str(HERE))
 
 from common import find_tag, percentile, raise_open_files, tag  # noqa: E402
 
-CONFIGS = ("floor", "shipped", "gc-off", "one-loop", "one-loop+gc-off", "wake-0")
+CONFIGS = ("floor", "shipped", "gc-off", "thread", "thread+gc-off", "wake-0")
 N, TOKENS, PERIOD = 1000, 40, 0.05
 
 
-def _adopt_caller_loop(holder: dict[str, Any]) -> None:
-    """Patch ActorLoop.start: a loop started while ``holder`` names a running loop adopts it."""
-    from mellea_actors.runtime import loop as actor_loop
-
-    original = actor_loop.ActorLoop.start
-
-    def start(self: Any, timeout: float = 10.0) -> Any:
-        running = holder.get("loop")
-        if running is None:
-            return original(self, timeout)
-        self._loop.close()
-        self._loop = running
-        self._thread = holder["thread"]
-        self._thread_id = holder["thread"].ident
-        return self
-
-    actor_loop.ActorLoop.start = start  # type: ignore[method-assign]
-    actor_loop.ActorLoop.stop = lambda self, timeout=10.0: True  # type: ignore[method-assign]
-
-
-async def _mellea_actors(base_url: str, one_loop: bool, holder: dict[str, Any]) -> Any:
+async def _mellea_actors(base_url: str, engine_loop: str) -> Any:
     import mellea_actors
-    from mellea_actors.runtime import loop as actor_loop
 
-    holder["loop"], holder["thread"] = asyncio.get_running_loop(), threading.current_thread()
-    if not one_loop:
-        holder.clear()
-    # made on a worker thread: the session's set-up blocks on its actors, which then run here
-    m = await asyncio.to_thread(
-        mellea_actors.start_session, model_id="scripted", base_url=base_url, check=False
+    m = mellea_actors.start_session(
+        model_id="scripted", base_url=base_url, check=False, engine_loop=engine_loop
     )
-    if one_loop:
-        actor_loop._local.actor_loop = m.system.loop  # this thread is the engine's now
 
     async def one(prompt: str) -> Any:
         return await m.ainstruct(prompt, strategy=None, model_options={"stream": True})
@@ -108,10 +80,6 @@ async def _floor(base_url: str) -> Any:
 
 async def _run(config: str, base_url: str) -> dict[str, Any]:
     raise_open_files()
-    holder: dict[str, Any] = {}
-    one_loop = config.startswith("one-loop")
-    if one_loop:
-        _adopt_caller_loop(holder)
     if config == "wake-0":
         from mellea_actors.runtime import crossing
 
@@ -119,7 +87,8 @@ async def _run(config: str, base_url: str) -> dict[str, Any]:
     if config == "floor":
         one, consume = await _floor(base_url)
     else:
-        one, consume = await _mellea_actors(base_url, one_loop, holder)
+        engine_loop = "caller" if config in ("shipped", "gc-off") else "thread"
+        one, consume = await _mellea_actors(base_url, engine_loop)
     pauses: list[tuple[int, float]] = []
     started: list[float] = []
 
@@ -154,7 +123,7 @@ async def _run(config: str, base_url: str) -> dict[str, Any]:
 def _child(config: str, base_url: str, out_path: str) -> None:
     result = asyncio.run(_run(config, base_url))
     Path(out_path).write_text(json.dumps(result))
-    os._exit(0)  # the one-loop patch leaves the engine's loop to the process's end
+    os._exit(0)  # the session is left open: its end is not measured
 
 
 def _measure(config: str) -> dict[str, Any]:

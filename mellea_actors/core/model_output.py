@@ -51,9 +51,11 @@ Semantics (SPEC §3), stated precisely:
   its end (no-op once it ended).
 * ``str(mot)`` (``format``, f-strings) *forces* the thunk: it returns ``value``, blocking until
   the generation ended, and raises the generation's error if it failed. This is safe from any
-  thread, also one whose event loop is running (the generation runs on the runtime's own loop
-  thread, not the caller's); on the runtime's loop thread (inside an ``async`` validator, a
-  chunker …) it raises ``RuntimeError`` instead of deadlocking, unless the thunk already ended.
+  thread, also one whose event loop is running: the generation runs on the runtime's own loop
+  thread, or, when the engine is hosted on that very loop (a session opened inside it), on a
+  rescue thread for as long as this thread blocks. On the runtime's loop (inside an ``async``
+  validator, a chunker …) it raises ``RuntimeError`` instead of deadlocking, unless the thunk
+  already ended.
   It only looks at the value: it does not count as taking it (``is_computed()`` of a streamed
   thunk still waits for its reader). ``repr`` never blocks.
 

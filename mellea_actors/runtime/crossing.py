@@ -1,9 +1,10 @@
 """The one home of every hand-off between the runtime's loop thread and the rest of the world.
 
-The runtime's actors live on one asyncio loop on one thread (:mod:`mellea_actors.runtime.loop`);
-their users are coroutines on other loops (the caller's ``asyncio.run``), plain threads, or the
-runtime's own loop. Every crossing goes through the primitives here, in the spirit of anyio's
-``from_thread``; no other module calls ``call_soon_threadsafe``.
+The runtime's actors live on one asyncio loop (:mod:`mellea_actors.runtime.loop`), run on a
+thread of its own or hosted on the caller's loop; their users are coroutines on other loops
+(the caller's ``asyncio.run``), plain threads, or the runtime's own loop. Every crossing goes
+through the primitives here, in the spirit of anyio's ``from_thread``; no other module calls
+``call_soon_threadsafe``.
 
 * :func:`hop` — run a callback on a loop, from any thread (the loop's own included).
 * :func:`run_coroutine` — run a coroutine on a loop from another thread; a concurrent future.
@@ -20,6 +21,11 @@ runtime's own loop. Every crossing goes through the primitives here, in the spir
 * :class:`Channel` — an unbounded FIFO: one producer thread, one consumer coroutine on any loop.
 * :class:`CallBatch` — callbacks for one loop from other threads, in order, with one
   ``call_soon_threadsafe`` per batch (not per call).
+* :class:`LoopHost` — a loop of the runtime run from the caller's running loop, on its thread
+  (the engine with no thread of its own); lent to a rescue thread while that thread blocks,
+  released to a thread of its own when the caller's loop ends.
+* :class:`blocking` — the one wrapper of every blocking wait of the runtime: it lends the
+  loops that the waiting thread hosts, so that no wait can block the loop it waits for.
 
 Guarantees, stated once:
 
@@ -36,13 +42,15 @@ Guarantees, stated once:
   item when it returns it; a ``Signal`` stays set.
 * No lost wake-up: each primitive checks its condition and registers its waiter under one lock.
 
-The GIL is the other half of every crossing. With the interpreter's default switch interval
-(5 ms), a thread woken while the other one runs Python code waits up to 5 ms for the GIL, and
-that, not the hand-over itself, set the tail of the send→receive delay (p99 10 to 20 ms for 1,000
-streams, against 2 to 4 ms for a one-thread client). While a runtime loop thread lives, the switch
-interval is therefore lowered to 0.5 ms (:func:`hold_switch_interval`), unless the application
-set its own, and restored when the last runtime loop stops. ``MELLEA_ACTORS_SWITCH_INTERVAL``
-sets another value in seconds, or ``off`` to leave the interpreter's alone.
+The GIL is the other half of every crossing (and the reason for :class:`LoopHost`, which removes
+the crossing between the engine and the coroutines of the loop that hosts it). With the
+interpreter's default switch interval (5 ms), a thread woken while the other one runs Python code
+waits up to 5 ms for the GIL, and that, not the hand-over itself, set the tail of the send→receive
+delay (p99 10 to 20 ms for 1,000 streams, against 2 to 4 ms for a one-thread client). While a
+runtime loop thread lives, the switch interval is therefore lowered to 0.5 ms
+(:func:`hold_switch_interval`), unless the application set its own, and restored when the last
+runtime loop stops. ``MELLEA_ACTORS_SWITCH_INTERVAL`` sets another value in seconds, or ``off`` to
+leave the interpreter's alone.
 """
 
 from __future__ import annotations
@@ -63,9 +71,11 @@ from mellea_actors.errors import InvalidInputError, SingleReaderError
 __all__ = [
     "CallBatch",
     "Channel",
+    "LoopHost",
     "Signal",
     "Waker",
     "await_concurrent",
+    "blocking",
     "flush_wakes",
     "hold_switch_interval",
     "hop",
@@ -403,7 +413,10 @@ class Waker:
     def wait_sync(self, timeout: float | None) -> bool:
         """Block until woken (the waiter's thread only); False after ``timeout`` seconds."""
         assert self._event is not None
-        return self._event.wait(timeout)
+        if self._event.is_set():
+            return True
+        with blocking():
+            return self._event.wait(timeout)
 
 
 class Signal:
@@ -444,7 +457,10 @@ class Signal:
 
     def wait_sync(self, timeout: float | None) -> bool:
         """Block until set; False after ``timeout`` seconds."""
-        return self._event.wait(timeout)
+        if self._event.is_set():
+            return True
+        with blocking():
+            return self._event.wait(timeout)
 
 
 class Channel(Generic[T]):
@@ -498,3 +514,309 @@ class Channel(Generic[T]):
                 with self._lock:
                     if self._waiter is waker:
                         self._waiter = None
+
+
+# -- one loop driven from another's thread ------------------------------------------------------
+_set_running_loop = asyncio._set_running_loop
+
+_HOSTED, _LENT, _RELEASED = "hosted", "lent", "released"
+
+
+class LoopHost:
+    """Runs the event loop ``inner`` from the callbacks of a running loop ``host``, on the
+    host's thread: the runtime's engine on the caller's own loop, with no second thread.
+
+    ``inner`` is a selector loop of its own (its actors, transports and timers stay bound to
+    it); the host watches ``inner``'s selector (``add_reader`` on its descriptor) and wakes at
+    ``inner``'s next timer, and each wake-up runs exactly one iteration of ``inner``
+    (``inner.stop(); inner.run_forever()``: asyncio's documented one-pass with a zero timeout),
+    with ``inner`` as the running loop for that iteration. So the engine's code and the
+    caller's coroutines take turns on one thread, and no GIL changes hands between them.
+
+    States (``_state``, changed under ``_cond``), and who runs ``inner`` in each:
+
+    * **hosted** — the host's thread, one iteration per wake-up (:meth:`_step`), holding
+      ``_cond``'s lock for the iteration.
+    * **lent** — a *rescue thread*, for as long as the host's thread blocks. A blocking call on
+      the host's thread (``str()`` of a pending thunk, a sync method, ``close()``) would block
+      the very loop that must produce its answer; every blocking wait of the runtime is made
+      inside :func:`blocking`, which lends the loops this thread hosts (:meth:`lend`) and takes
+      them back when the wait ends (:meth:`_take_back`). Work in flight — a stream half read, a
+      validator's verdict, a retry's back-off — simply goes on there: nothing is restarted or
+      moved but the thread that runs the loop.
+    * **released** — for good, to the owner's own thread (``on_release``, called once): when
+      the host loop ends (its ``asyncio.run`` cancels every task, the watcher task
+      :meth:`_watch` among them), when :meth:`release` is called (the owner stops), or when a
+      lend ends and the host can no longer run it (closed). From then on it is a loop thread
+      like any other.
+
+    Thread rules: :meth:`lend` and the take-back are called on the host's thread only, outside
+    an iteration of ``inner``; :meth:`release` from any thread (inside an iteration it waits
+    until that iteration ends). The host-side registrations (reader, timer, watcher) are
+    touched on the host's thread only; from another thread their removal is scheduled there.
+    """
+
+    __slots__ = (
+        "_bind",
+        "_cond",
+        "_fd",
+        "_host",
+        "_inner",
+        "_on_release",
+        "_registered",
+        "_release_wanted",
+        "_rescue_done",
+        "_rescuer",
+        "_soon",
+        "_state",
+        "_stepping",
+        "_thread",
+        "_timer",
+        "_watcher",
+        "name",
+    )
+
+    def __init__(
+        self,
+        inner: asyncio.AbstractEventLoop,
+        selector_fd: int,
+        host: asyncio.AbstractEventLoop,
+        *,
+        bind: Callable[[bool], None],
+        on_release: Callable[[], None],
+        name: str,
+    ) -> None:
+        """Start hosting (call on the host's thread, while ``host`` runs). ``bind(True)`` /
+        ``bind(False)`` is called on a thread before / after it runs ``inner``."""
+        if _running_loop() is not host:
+            raise RuntimeError("a LoopHost is made on its host loop's thread, while it runs")
+        self.name = name
+        self._inner = inner
+        self._host = host
+        self._fd = selector_fd
+        self._bind = bind
+        self._on_release = on_release
+        self._thread = threading.current_thread()
+        self._cond = threading.Condition()  # an RLock: a release inside an iteration re-enters
+        self._state = _HOSTED
+        self._stepping = False  # an iteration runs on the host's thread (under _cond)
+        self._rescue_done = True  # the rescue thread of the current lend has let go (_cond)
+        self._rescuer: threading.Thread | None = None  # that thread, while it runs (_cond)
+        self._release_wanted = False  # release() was called inside the rescue's iteration
+        self._soon = False  # a step is scheduled with host.call_soon (host thread)
+        self._timer: asyncio.TimerHandle | None = None  # the host's wake-up at inner's next timer
+        host.add_reader(selector_fd, self._step)
+        self._registered = True
+        self._watcher: asyncio.Task[None] | None = host.create_task(
+            self._watch(), name=f"{name}-host-watch"
+        )
+        _hosts_here().append(self)
+        self._arm()
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def thread(self) -> threading.Thread:
+        """The host's thread."""
+        return self._thread
+
+    # -- hosted: one iteration per wake-up (host thread) -----------------------------------------
+    def _on_soon(self) -> None:
+        self._soon = False
+        self._step()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._step()
+
+    def _step(self) -> None:
+        inner = self._inner
+        with self._cond:
+            if self._state is not _HOSTED:
+                self._unregister()
+                return
+            if self._stepping:  # a step inside a step (an inner callback ran the host's)
+                return
+            outer = _running_loop()
+            _set_running_loop(None)  # run_forever refuses to start under a running loop
+            self._stepping = True
+            self._bind(True)
+            try:
+                inner.stop()  # set before run_forever: one pass, zero timeout (documented)
+                inner.run_forever()
+            finally:
+                self._bind(False)
+                self._stepping = False
+                _set_running_loop(outer)
+            if self._state is not _HOSTED:  # released from inside that iteration
+                self._unregister()
+                self._on_release()
+                return
+        self._arm()
+
+    def _arm(self) -> None:
+        """After an iteration: wake the host again when ``inner`` has more to do. Reads two
+        fields asyncio's ``BaseEventLoop`` has kept since 3.4 — the ready queue and the timer
+        heap — and writes neither (no public API tells a loop's next deadline)."""
+        inner: Any = self._inner
+        host = self._host
+        if inner._ready:
+            if not self._soon:
+                self._soon = True
+                host.call_soon(self._on_soon)
+            return
+        scheduled = inner._scheduled
+        if scheduled:
+            when = scheduled[0].when()
+            timer = self._timer
+            if timer is not None:
+                if timer.when() <= when:
+                    return
+                timer.cancel()
+            self._timer = host.call_at(when, self._on_timer)
+
+    async def _watch(self) -> None:
+        """Lives as long as the host loop serves tasks: ``asyncio.run`` cancels it at its end,
+        and the loop goes to a thread of its own before the host closes."""
+        try:
+            await self._host.create_future()
+        finally:
+            self._watcher = None
+            self.release()
+
+    def _unregister(self) -> None:
+        """Drop the host-side registrations (host thread; idempotent)."""
+        if not self._registered:
+            return
+        self._registered = False
+        with contextlib.suppress(ValueError):
+            _hosts_here().remove(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        watcher, self._watcher = self._watcher, None
+        if self._host.is_closed():
+            return
+        with contextlib.suppress(Exception):  # the host is closing: nothing left to drop
+            self._host.remove_reader(self._fd)
+        if watcher is not None:
+            watcher.cancel()
+
+    # -- lent: the host's thread blocks ------------------------------------------------------------
+    def lend(self) -> Callable[[], None] | None:
+        """The host's thread is about to block: run ``inner`` on a rescue thread until the
+        returned take-back is called (None: nothing to lend — not hosted, or called inside an
+        iteration, where blocking is refused before it gets here)."""
+        with self._cond:
+            if self._state is not _HOSTED or self._stepping:
+                return None
+            if threading.current_thread() is not self._thread:
+                return None
+            self._state = _LENT
+            self._rescue_done = False
+            self._rescuer = threading.Thread(
+                target=self._rescue, name=f"{self.name}-rescue", daemon=True
+            )
+            self._rescuer.start()
+        return self._take_back
+
+    def _rescue(self) -> None:
+        inner = self._inner
+        self._bind(True)
+        try:
+            # a stray stop() ends one run_forever, not the lend
+            while self._state is _LENT and not self._release_wanted:
+                inner.run_forever()
+        finally:
+            self._bind(False)
+            flush_wakes()
+            with self._cond:
+                self._rescue_done = True
+                self._rescuer = None
+                self._cond.notify_all()
+                released_here = self._release_wanted
+                if released_here:
+                    self._state = _RELEASED
+        if released_here:  # release() came from inside this thread's iteration
+            with contextlib.suppress(RuntimeError):
+                self._host.call_soon_threadsafe(self._unregister)
+            self._on_release()
+
+    def _stop_rescue(self) -> None:
+        """Under ``_cond``, state no longer lent: wait until the rescue thread let go."""
+        with contextlib.suppress(RuntimeError):  # closed: the rescue thread is ending anyway
+            self._inner.call_soon_threadsafe(self._inner.stop)
+        self._cond.wait_for(lambda: self._rescue_done)
+
+    def _take_back(self) -> None:
+        """The host's thread's wait ended (host thread)."""
+        with self._cond:
+            if self._state is not _LENT or self._release_wanted:  # released meanwhile
+                self._cond.wait_for(lambda: self._rescue_done)
+                self._unregister()
+                return
+            usable = self._host.is_running()  # else nobody would watch it after this wait
+            self._state = _HOSTED if usable else _RELEASED
+            self._stop_rescue()
+            if usable:
+                self._soon = False
+                self._on_soon()  # catch up at once: the host did not watch while it blocked
+                return
+            self._unregister()
+        self._on_release()
+
+    # -- released: for good --------------------------------------------------------------------
+    def release(self) -> None:
+        """Hand ``inner`` to its owner's thread for good (any thread; idempotent)."""
+        with self._cond:
+            state = self._state
+            if state is _RELEASED or self._release_wanted:
+                return
+            if state is _LENT and threading.current_thread() is self._rescuer:
+                self._release_wanted = True  # inside the rescue's iteration: it ends there
+                self._inner.stop()  # and the rescue thread hands the loop over
+                return
+            self._state = _RELEASED
+            if self._stepping:  # inside an iteration on this thread: _step finishes the job
+                return
+            if state is _LENT:
+                self._stop_rescue()
+        if threading.current_thread() is self._thread:
+            self._unregister()
+        else:
+            with contextlib.suppress(RuntimeError):  # the host is closed: nothing to drop
+                self._host.call_soon_threadsafe(self._unregister)
+        self._on_release()
+
+
+_thread_hosts = threading.local()
+
+
+def _hosts_here() -> list[LoopHost]:
+    hosts: list[LoopHost] | None = getattr(_thread_hosts, "hosts", None)
+    if hosts is None:
+        hosts = _thread_hosts.hosts = []
+    return hosts
+
+
+class blocking:
+    """Wrap every blocking wait of the runtime (``with blocking(): event.wait(t)``): on a
+    thread that hosts runtime loops (:class:`LoopHost`), they are lent to a rescue thread for
+    the wait, so that the wait can end. Elsewhere it does nothing."""
+
+    __slots__ = ("_backs",)
+
+    def __enter__(self) -> None:
+        hosts = getattr(_thread_hosts, "hosts", None)
+        backs: list[Callable[[], None]] = []
+        for host in list(hosts or ()):
+            back = host.lend()
+            if back is not None:
+                backs.append(back)
+        self._backs = backs
+
+    def __exit__(self, *exc: object) -> None:
+        for back in self._backs:
+            back()

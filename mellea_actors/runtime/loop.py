@@ -1,12 +1,15 @@
-"""The shared event-loop thread, and the pykka actor type whose mailbox it serves.
+"""The shared event loop, and the pykka actor type whose mailbox it serves.
 
 pykka's only actor type, ``ThreadingActor``, spends one OS thread per actor; a service with
 10,000 pending generations cannot afford that. :class:`LoopActor` keeps pykka's whole public
 surface (``ActorRef.tell``/``ask``/``stop``/``proxy``, pykka futures with ``get(timeout=…)``) but
-its mailbox is a callback queue on an :class:`ActorLoop`: one asyncio event loop on one daemon
-thread serving any number of actors. The same loop runs the Ollama I/O (``ollama.AsyncClient``).
+its mailbox is a callback queue on an :class:`ActorLoop`: one asyncio event loop serving any
+number of actors, on a daemon thread of its own or hosted on the caller's running loop (see
+:class:`ActorLoop`). The same loop runs the Ollama I/O.
 
-Invariants (the whole engine relies on them):
+Invariants (the whole engine relies on them). "The loop's thread" is the thread that runs an
+iteration of the loop at that moment — its own thread, or, hosted, the caller's loop thread or
+a rescue thread, never two at once (:class:`~mellea_actors.runtime.crossing.LoopHost`):
 
 * Every handler of a LoopActor, and every piece of state it owns, runs on its ActorLoop's
   thread. Two handlers of one actor never overlap; messages from one sender arrive in order.
@@ -27,10 +30,11 @@ Invariants (the whole engine relies on them):
   The handler still runs on the loop thread, alone. Order: a message handled at once overtakes
   any earlier one of the same sender that had to be queued, so a sender whose messages must stay
   in order queues all the rest once one was queued (the generator does: ``deltas_queued``).
-* Blocking on a pykka future from an ActorLoop thread raises instead of deadlocking. From an
-  event loop, ``await future`` never blocks: the reply is handed over by a
-  :class:`~mellea_actors.runtime.crossing.Waker` (every thread crossing lives in
-  :mod:`mellea_actors.runtime.crossing`).
+* Blocking on a pykka future from an ActorLoop thread raises instead of deadlocking; on the
+  thread that hosts the loop (outside its iterations) the loop runs on a rescue thread for as
+  long as the wait lasts. From an event loop, ``await future`` never blocks: the reply is
+  handed over by a :class:`~mellea_actors.runtime.crossing.Waker` (every thread crossing
+  lives in :mod:`mellea_actors.runtime.crossing`).
 
 LoopActors are *not* put in pykka's process-global ``ActorRegistry`` (its unregister is O(n), and
 its ``stop_all`` would reach into sessions); the runtime keeps its own registry.
@@ -43,6 +47,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import itertools
+import selectors
 import sys
 import threading
 import uuid
@@ -63,7 +68,9 @@ from mellea_actors._compat import (
 )
 from mellea_actors.errors import AskTimeoutError, RuntimeClosedError
 from mellea_actors.runtime.crossing import (
+    LoopHost,
     Waker,
+    blocking,
     flush_wakes,
     hold_switch_interval,
     hop,
@@ -98,15 +105,35 @@ def current_actor_loop() -> ActorLoop | None:
 
 
 class ActorLoop:
-    """One asyncio event loop, on one daemon thread, serving many :class:`LoopActor` mailboxes.
+    """One asyncio event loop serving many :class:`LoopActor` mailboxes: on a daemon thread of
+    its own, or *hosted* on the caller's running loop.
 
-    The thread is a daemon so that a process never hangs at exit because of it; sessions stop
-    their loop explicitly (``stop()``), and an ``atexit`` hook of the runtime stops what is left.
+    * **Own thread** (``host=None``): the thread is a daemon so that a process never hangs at
+      exit because of it; sessions stop their loop explicitly (``stop()``), and an ``atexit``
+      hook of the runtime stops what is left.
+    * **Hosted** (``host=`` the caller's running loop, made on that loop's thread): this loop
+      is a selector loop of its own, run one iteration at a time from the host's callbacks on
+      the host's thread (:class:`~mellea_actors.runtime.crossing.LoopHost`): the engine and the
+      caller's coroutines share one thread, and no GIL changes hands between them. While that
+      thread blocks in a call of the runtime (``str()`` of a pending thunk, a sync method), the
+      loop runs on a rescue thread; when the host loop ends, or at ``stop()``, it moves to a
+      thread of its own for good. "The loop's thread" below means whichever thread runs an
+      iteration of it at that moment (:func:`current_actor_loop`): the invariants hold on it.
     """
 
-    def __init__(self, name: str = "mellea-actors") -> None:
+    def __init__(
+        self, name: str = "mellea-actors", *, host: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self.name = name
-        self._loop = asyncio.new_event_loop()
+        self._host_loop = host
+        self._hosting: LoopHost | None = None  # while hosted, lent, or released from hosting
+        self._selector_fd = -1
+        if host is None:
+            self._loop = asyncio.new_event_loop()
+        else:
+            selector = selectors.DefaultSelector()
+            self._selector_fd = selector.fileno()  # EpollSelector / KqueueSelector
+            self._loop = asyncio.SelectorEventLoop(selector)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._ready = threading.Event()
         self._closed = False
@@ -120,17 +147,52 @@ class ActorLoop:
         read and set no context variable. Not for tasks: a task's context is its own."""
 
     # -- lifecycle -------------------------------------------------------------------------
+    @staticmethod
+    def can_host(host: asyncio.AbstractEventLoop) -> bool:
+        """Whether a loop may be hosted on ``host``: a running loop of this thread with
+        ``add_reader`` (not Windows' proactor), on a platform whose default selector has a
+        descriptor to watch (epoll, kqueue), from code outside any runtime loop."""
+        if asyncio._get_running_loop() is not host or current_actor_loop() is not None:
+            return False
+        if not hasattr(selectors.DefaultSelector, "fileno"):
+            return False
+        return not isinstance(host, getattr(asyncio, "ProactorEventLoop", ()))
+
+    @property
+    def hosted(self) -> bool:
+        """Whether the caller's loop runs this loop now (lent to a rescue thread included)."""
+        hosting = self._hosting
+        return hosting is not None and hosting.state != "released"
+
     def start(self, timeout: float = 10.0) -> ActorLoop:
-        """Start the thread; returns once the loop runs (raises AskTimeoutError after timeout)."""
+        """Start serving: on the host loop (call on its thread, while it runs) or on the
+        thread, returning once the loop runs (raises AskTimeoutError after timeout)."""
+        if self._host_loop is not None:
+            self._hosting = LoopHost(
+                self._loop,
+                self._selector_fd,
+                self._host_loop,
+                bind=self._bind,
+                on_release=self._start_thread,
+                name=self.name,
+            )
+            return self
+        self._start_thread()
+        if not self._ready.wait(timeout):
+            raise AskTimeoutError(f"actor loop {self.name!r} did not start within {timeout} s")
+        return self
+
+    def _bind(self, running: bool) -> None:
+        """LoopHost: a thread starts (True) or stops (False) running this loop."""
+        _local.actor_loop = self if running else None
+
+    def _start_thread(self) -> None:
         hold_switch_interval()  # released when the thread ends (crossing.py says why)
         try:
             self._thread.start()
         except BaseException:
             release_switch_interval()
             raise
-        if not self._ready.wait(timeout):
-            raise AskTimeoutError(f"actor loop {self.name!r} did not start within {timeout} s")
-        return self
 
     def _run(self) -> None:
         _local.actor_loop = self
@@ -141,7 +203,8 @@ class ActorLoop:
             while True:
                 try:
                     self._loop.run_forever()
-                    break
+                    if self._closed:  # stop(); not a stray stop() of a hosted iteration
+                        break
                 except BaseException as exc:
                     # A callback or task let a KeyboardInterrupt/SystemExit out (asyncio
                     # re-raises those from run_forever). It may end only what raised it: say so
@@ -175,15 +238,19 @@ class ActorLoop:
         self._closed_reason = reason
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the loop (pending tasks are cancelled) and join the thread; True if it ended."""
+        """Stop the loop (pending tasks are cancelled) and join the thread; True if it ended.
+
+        A hosted loop first goes to its own thread (:meth:`LoopHost.release`), which then
+        cancels, cleans up and closes as an own-thread loop does."""
         if self._closed:
             return not self._thread.is_alive()
+        if self._hosting is not None:
+            self._hosting.release()  # starts the thread (or, inside an iteration, right after)
         self._closed = True
-        if self._thread.is_alive():
-            with contextlib.suppress(RuntimeError):
-                hop(self._loop, self._loop.stop)
-            if threading.get_ident() != self._thread_id:
-                self._thread.join(timeout)
+        with contextlib.suppress(RuntimeError):
+            hop(self._loop, self._loop.stop)
+        if self._thread.ident is not None and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
         return not self._thread.is_alive()
 
     @property
@@ -196,12 +263,13 @@ class ActorLoop:
 
     @property
     def thread(self) -> threading.Thread:
+        """The loop's own thread (not started while the loop is hosted)."""
         return self._thread
 
     def in_loop_thread(self) -> bool:
-        """Whether the caller runs on this loop's thread (the thread object, not its id: a
-        thread started after the loop's ended may reuse the id)."""
-        return threading.current_thread() is self._thread
+        """Whether the caller runs on this loop: on its own thread, or inside an iteration of
+        it run by its host or a rescue thread."""
+        return current_actor_loop() is self
 
     # -- scheduling ------------------------------------------------------------------------
     def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
@@ -260,7 +328,8 @@ class ActorLoop:
         self.refuse_blocking_call(coro)
         future = self.run_coroutine(_carry_interrupts(coro))
         try:
-            return future.result(timeout)
+            with blocking():  # on the host's thread, the loop runs elsewhere meanwhile
+                return future.result(timeout)
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
             raise AskTimeoutError(f"no result within {timeout} s") from exc
@@ -343,7 +412,10 @@ class LoopFuture(ThreadingFuture[T]):
                 "blocking on an actor future from the mellea_actors loop thread would deadlock; "
                 "await it instead"
             )
-        return super().get(timeout=timeout)
+        if self.done():
+            return super().get(timeout=timeout)
+        with blocking():  # on the host's thread, the loop runs elsewhere meanwhile
+            return super().get(timeout=timeout)
 
     def __await__(self) -> Generator[Any, None, T]:
         if future_has_get_hook(self):  # a converted future (e.g. from ActorRef.stop())
@@ -413,7 +485,8 @@ class _StoppedFlag:
                     self._event = threading.Event()
         if self._set:
             return True
-        return self._event.wait(timeout)
+        with blocking():
+            return self._event.wait(timeout)
 
 
 _flag_events_lock = threading.Lock()

@@ -95,6 +95,12 @@ __all__ = ["ActorSystem", "Hosts"]
 
 _ids = itertools.count(1)
 
+ENGINE_LOOPS = ("caller", "thread")
+"""Where a session's engine runs (``engine_loop``): ``"caller"`` — on the running event loop of
+the code that opens the session, when there is one (one thread, no GIL hand-offs; see
+:class:`~mellea_actors.runtime.loop.ActorLoop`), else on a thread of its own; ``"thread"`` —
+always on a thread of its own."""
+
 T = TypeVar("T")
 
 #: The generations started by the coroutine that :meth:`ActorSystem.run_sync` runs (per task).
@@ -134,9 +140,15 @@ class ActorSystem:
         engine: str = "local",
         ray_address: str | None = None,
         ray_workers: int | None = None,
+        engine_loop: str = "caller",
     ) -> None:
         if engine not in ("local", "ray"):
             raise InvalidInputError(f"unknown engine {engine!r}: use 'local' or 'ray'")
+        if engine_loop not in ENGINE_LOOPS:
+            raise InvalidInputError(
+                f"unknown engine_loop {engine_loop!r}: use 'caller' (the caller's running "
+                "event loop when there is one) or 'thread' (a thread of the session's own)"
+            )
         dashboard = _dashboard_from_env()  # a bad MELLEA_ACTORS_DASHBOARD fails before anything
         self._live_view: LiveView | None = None  # serve(); closed by close()
         self._queue_timeout = queue_timeout
@@ -168,7 +180,10 @@ class ActorSystem:
         self._failed: str | None = None  # set once by the root (loop thread), read anywhere
         self._policy = policy
         self._breaker_policy = breaker_policy
-        self.loop = ActorLoop(name=f"mellea-actors-{self.id}").start()
+        host = asyncio._get_running_loop() if engine_loop == "caller" else None
+        if host is not None and (engine != "local" or not ActorLoop.can_host(host)):
+            host = None  # engine="ray" keeps its relays on a thread of their own
+        self.loop = ActorLoop(name=f"mellea-actors-{self.id}", host=host).start()
         self._begins = CallBatch(self.loop.loop)  # start_generation's crossings (any thread)
         self.log.emit("system_started", actor=self.id, kind="system")
         self.root: pykka.ActorRef[RootSupervisor] = RootSupervisor.start(
@@ -182,7 +197,9 @@ class ActorSystem:
         self.supervisor: pykka.ActorRef[GenerationSupervisor] = self._start_generation_supervisor(
             self.root
         )
-        self.root.proxy().adopt(self.supervisor).get(timeout=10)
+        adopted = self.root.proxy().adopt(self.supervisor)
+        if not self.loop.hosted:  # hosted, the loop has not run yet: it is the first message
+            adopted.get(timeout=10)
         _live_systems.add(self)
         if engine == "ray":  # last: nothing before it can fail with a Ray reference held
             try:

@@ -1,7 +1,8 @@
 """``MelleaSession`` and ``start_session``: the user's entry point.
 
-A session owns an :class:`~mellea_actors.runtime.system.ActorSystem` (one event-loop thread, a
-generation supervisor, one thunk actor per generation), an :class:`OllamaBackend` and a context.
+A session owns an :class:`~mellea_actors.runtime.system.ActorSystem` (one event loop — hosted on
+the loop that opened the session, else on a thread of its own —, a generation supervisor, one
+thunk actor per generation), an :class:`OllamaBackend` and a context.
 
 Async methods (``ainstruct``, ``aact``, ``aquery``, ``atransform``) without requirements return an
 uncomputed thunk at once: generation has already started in the background. With requirements the
@@ -48,7 +49,7 @@ from mellea_actors.runtime.breaker import BreakerPolicy
 from mellea_actors.runtime.crossing import in_thread
 from mellea_actors.runtime.host_pool import HostSpec, model_listed
 from mellea_actors.runtime.restart_policy import RestartPolicy
-from mellea_actors.runtime.system import ActorSystem, Hosts
+from mellea_actors.runtime.system import ENGINE_LOOPS, ActorSystem, Hosts
 from mellea_actors.stdlib.components import Instruction, Message, apply_user_variables
 from mellea_actors.stdlib.context import ChatContext, SimpleContext
 from mellea_actors.stdlib.mobject import Query, Transform
@@ -428,6 +429,7 @@ def start_session(
     engine: Literal["local", "ray"] | None = None,
     ray_address: str | None = None,
     ray_workers: int | None = None,
+    engine_loop: Literal["caller", "thread"] | None = None,
     **backend_kwargs: Any,
 ) -> MelleaSession:
     """Start a session against Ollama.
@@ -485,6 +487,14 @@ def start_session(
         ray_workers: with ``engine="ray"``: how many Ray generation supervisors (default
             ``MELLEA_ACTORS_RAY_WORKERS``, else one per node, or per CPU of a one-node
             cluster, at most 2). Shared by the process's sessions: the first session decides.
+        engine_loop: where the engine's actors and HTTP streams run. ``"caller"`` (the
+            default; ``MELLEA_ACTORS_ENGINE_LOOP`` sets another): on the event loop that runs
+            when the session is opened (``start_session()`` inside ``async def main()``), so
+            your coroutines and the engine share one thread and no GIL changes hands between
+            them; while your code blocks on that thread (``str()`` of a pending thunk, a sync
+            method), the engine goes on in a rescue thread, and when that loop ends it moves
+            to a thread of its own. Opened outside a running loop, or with ``"thread"``, the
+            engine runs on a thread of the session's own.
         **backend_kwargs: the keyword arguments of Mellea's ``OllamaModelBackend``:
             ``timeout`` (seconds, or None) becomes the session's default
             ``ModelOption.STREAM_TIMEOUT`` unless ``model_options`` sets it;
@@ -546,6 +556,7 @@ def start_session(
     if breaker_policy is not None:
         check_instance(breaker_policy, BreakerPolicy, "breaker_policy")
     engine_name = _engine(engine, ray_address, ray_workers)
+    loop_name = _engine_loop(engine_loop)
     resolved = resolve_hosts(base_url)
     pool = None if isinstance(resolved, str) else resolved
     host = resolved if isinstance(resolved, str) else resolved[0].url
@@ -558,6 +569,7 @@ def start_session(
         engine=engine_name,
         ray_address=ray_address,
         ray_workers=ray_workers,
+        engine_loop=loop_name,
     )
     try:
         checked = False
@@ -606,6 +618,20 @@ def _engine(engine: object, ray_address: object, ray_workers: object) -> str:
             "MELLEA_ACTORS_ENGINE=ray)"
         )
     return str(engine)
+
+
+def _engine_loop(engine_loop: object) -> str:
+    """Where the engine runs: the argument, else ``MELLEA_ACTORS_ENGINE_LOOP``, else "caller"."""
+    name = "engine_loop"
+    if engine_loop is None:
+        engine_loop = os.environ.get("MELLEA_ACTORS_ENGINE_LOOP", "").strip().lower() or "caller"
+        name = "MELLEA_ACTORS_ENGINE_LOOP"
+    if engine_loop not in ENGINE_LOOPS:
+        raise InvalidInputError(
+            f"unknown {name} {engine_loop!r}: use 'caller' (the caller's running event loop "
+            "when there is one) or 'thread' (a thread of the session's own)"
+        )
+    return str(engine_loop)
 
 
 #: Mellea's other ``backend_name`` values (refused with an error that says so).

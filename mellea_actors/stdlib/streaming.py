@@ -140,10 +140,10 @@ Semantics, precisely
   attempt, then the new attempt's chunks; ``events()`` is the view that tells (``RetryEvent``).
 
 Threads and loops: the result may be consumed from any event loop on any thread (typically the
-caller's ``asyncio.run`` loop, while the runtime runs on its own loop thread). The result holds
-no state of its own: it reads the run's journal, which only the runtime writes (on its loop
-thread) except for the consumer's bookkeeping (which view was taken, whether the error was
-surfaced), kept under the journal's lock. Every wait is cancellable; ``acomplete``/``cancel``
+caller's ``asyncio.run`` loop, which may also host the runtime's loop). The result holds
+no state of its own: it reads the run's journal, which only the runtime writes (on its loop)
+except for the consumer's bookkeeping (which view was taken, whether the error was surfaced),
+kept under the journal's lock. Every wait is cancellable; ``acomplete``/``cancel``
 accept timeouts.
 """
 
