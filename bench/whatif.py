@@ -8,6 +8,9 @@ stream read with an ``astream()`` loop) in a fresh process per configuration, si
 * ``shipped`` — mellea_actors with default settings: the session opened in the running loop,
   so the engine is hosted on it (``engine_loop="caller"``, one thread);
 * ``gc-off`` — the same with the cyclic garbage collector disabled for the measured section;
+* ``freeze`` — the same with the collector on, after ``gc.freeze()`` at the end of the warm-up
+  (what a service may do after its start-up: the objects of its imports and set-up are then
+  never traversed again);
 * ``thread`` — ``engine_loop="thread"``: the engine on a loop thread of its own (the default
   before the engine could be hosted);
 * ``thread+gc-off`` — both;
@@ -40,7 +43,7 @@ sys.path.insert(0, str(HERE))
 
 from common import find_tag, percentile, raise_open_files, tag  # noqa: E402
 
-CONFIGS = ("floor", "shipped", "gc-off", "thread", "thread+gc-off", "wake-0")
+CONFIGS = ("floor", "shipped", "gc-off", "freeze", "thread", "thread+gc-off", "wake-0")
 N, TOKENS, PERIOD = 1000, 40, 0.05
 
 
@@ -87,7 +90,7 @@ async def _run(config: str, base_url: str) -> dict[str, Any]:
     if config == "floor":
         one, consume = await _floor(base_url)
     else:
-        engine_loop = "caller" if config in ("shipped", "gc-off") else "thread"
+        engine_loop = "caller" if config in ("shipped", "gc-off", "freeze") else "thread"
         one, consume = await _mellea_actors(base_url, engine_loop)
     pauses: list[tuple[int, float]] = []
     started: list[float] = []
@@ -104,6 +107,9 @@ async def _run(config: str, base_url: str) -> dict[str, Any]:
         if measured:
             pauses.clear()
             gc.callbacks.append(on_gc)
+            if config == "freeze":
+                gc.collect()
+                gc.freeze()
             if config.endswith("gc-off"):
                 gc.disable()
         cpu0, wall0 = time.process_time(), time.perf_counter()

@@ -336,6 +336,10 @@ class _WakeBatch:
 
 _batches = threading.local()
 
+_thread_hosts = threading.local()
+"""Per thread: ``hosts``, the :class:`LoopHost` s it hosts (lent by :class:`blocking`), and
+``stepping``, the host loop while one of them runs an iteration (else None)."""
+
 
 def flush_wakes() -> None:
     """Hand over now the wake-ups this thread's loop batched (before that loop closes)."""
@@ -394,6 +398,11 @@ class Waker:
         here = _running_loop()
         if here is loop:
             loop.call_soon(_settle, future)
+        elif loop is getattr(_thread_hosts, "stepping", None):
+            # from an iteration of a loop hosted by the waiter's own loop, on its thread: the
+            # waiter's task is scheduled now (what its loop's call_soon does), no crossing
+            if not future.done():
+                future.set_result(None)
         elif here is not None:  # from another loop's callback: handed over once per tick
             _wake_batch(here).add(loop, future, coalesce)
         else:
@@ -643,10 +652,12 @@ class LoopHost:
             _set_running_loop(None)  # run_forever refuses to start under a running loop
             self._stepping = True
             self._bind(True)
+            _thread_hosts.stepping = outer  # Waker.wake settles this loop's waiters directly
             try:
                 inner.stop()  # set before run_forever: one pass, zero timeout (documented)
                 inner.run_forever()
             finally:
+                _thread_hosts.stepping = None
                 self._bind(False)
                 self._stepping = False
                 _set_running_loop(outer)
@@ -790,8 +801,6 @@ class LoopHost:
                 self._host.call_soon_threadsafe(self._unregister)
         self._on_release()
 
-
-_thread_hosts = threading.local()
 
 
 def _hosts_here() -> list[LoopHost]:
