@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -47,7 +47,7 @@ CONFIGS = ("floor", "shipped", "gc-off", "freeze", "thread", "thread+gc-off", "w
 N, TOKENS, PERIOD = 1000, 40, 0.05
 
 
-async def _mellea_actors(base_url: str, engine_loop: str) -> Any:
+async def _mellea_actors(base_url: str, engine_loop: Literal["caller", "thread"]) -> Any:
     import mellea_actors
 
     m = mellea_actors.start_session(
@@ -90,7 +90,9 @@ async def _run(config: str, base_url: str) -> dict[str, Any]:
     if config == "floor":
         one, consume = await _floor(base_url)
     else:
-        engine_loop = "caller" if config in ("shipped", "gc-off", "freeze") else "thread"
+        engine_loop: Literal["caller", "thread"] = (
+            "caller" if config in ("shipped", "gc-off", "freeze") else "thread"
+        )
         one, consume = await _mellea_actors(base_url, engine_loop)
     pauses: list[tuple[int, float]] = []
     started: list[float] = []

@@ -119,6 +119,34 @@ async def test_a_session_opened_in_a_running_loop_runs_its_engine_on_that_loops_
     assert not m.system.loop.thread.is_alive()
 
 
+async def test_text_reaches_a_reader_on_the_hosting_loop_without_a_thread_crossing(
+    scripted: ScriptedOllama, hosted: MelleaSession
+) -> None:
+    """The engine's iteration runs on the reader's thread: waking the reader is scheduling its
+    task there, not a ``call_soon_threadsafe`` (a self-pipe write and one more wake-up of the
+    loop) per chunk, as from an engine on another thread."""
+    loop = asyncio.get_running_loop()
+    crossings = 0
+    original = loop.call_soon_threadsafe
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal crossings
+        crossings += 1
+        return original(*args, **kwargs)
+
+    scripted.enqueue(Script(tokens=TOKENS, delay=0.01))
+    mot = await hosted.ainstruct("x", model_options=STREAM)
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    try:
+        reads = []
+        while not mot.is_computed():
+            reads.append(await asyncio.wait_for(mot.astream(), WAIT))
+    finally:
+        del loop.call_soon_threadsafe  # the instance attribute: back to the class's method
+    assert "".join(reads) == TEXT and len([r for r in reads if r]) >= 4
+    assert crossings == 0
+
+
 async def test_the_seeds_first_sample_str_of_a_fresh_thunk_waits_on_the_hosted_engine(
     scripted: ScriptedOllama, hosted: MelleaSession
 ) -> None:
