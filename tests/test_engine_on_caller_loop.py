@@ -36,8 +36,16 @@ PACED = Script(tokens=TOKENS, first_delay=0.05, delay=0.01)
 MODEL = "scripted"
 
 
+STALL_WATCH = "mellea-actors-stall-watch"  # one per process while any loop is hosted
+
+
 def _runtime_threads() -> set[str]:
-    return {t.name for t in threading.enumerate() if t.name.startswith("mellea-actors")}
+    """The runtime's threads but the process-wide stall watch."""
+    return {
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("mellea-actors") and t.name != STALL_WATCH
+    }
 
 
 def _join_rescues() -> None:
@@ -299,6 +307,67 @@ def test_closing_on_the_hosting_loop_leaves_no_thread_and_no_task(
     assert asyncio.run(main()) == set()
     _join_rescues()
     assert _runtime_threads() == before
+
+
+def test_closing_from_another_thread_while_the_host_blocks_ends_its_wait(
+    scripted: ScriptedOllama,
+) -> None:
+    """The host's thread blocks in str() of a stalled stream (its loop lent to a rescue
+    thread); another thread closes the session: the loop goes to its own thread and stops,
+    the generation is cancelled, and the blocked str() returns the text it had."""
+    scripted.set_script(Script(tokens=TOKENS, stall_after=2))
+    closed: list[BaseException | None] = []
+
+    def close_once_lent(m: MelleaSession) -> None:
+        hosting = m.system.loop._hosting
+        assert hosting is not None
+        deadline = time.monotonic() + WAIT
+        while hosting.state != "lent" and time.monotonic() < deadline:
+            time.sleep(0.001)  # a condition polled with a deadline: nothing to wait on
+        try:
+            m.close()
+            closed.append(None)
+        except BaseException as exc:  # reported to the test below
+            closed.append(exc)
+
+    async def main() -> tuple[str, str, bool]:
+        m = start_session(model_id=MODEL, base_url=scripted.base_url)
+        mot = await m.ainstruct("stalls", model_options=STREAM)
+        first = await asyncio.wait_for(mot.astream(), WAIT)
+        closer = threading.Thread(target=close_once_lent, args=(m,), name="closer")
+        closer.start()
+        text = str(mot)  # blocks until the other thread's close() cancelled the generation
+        closer.join(WAIT)
+        return first, text, m.system.loop.thread.is_alive()
+
+    first, text, alive = asyncio.run(main())
+    assert closed == [None]
+    assert text.startswith(first) and text == "".join(TOKENS[:2])
+    assert not alive
+
+
+async def test_blocking_the_hosting_thread_outside_the_runtime_does_not_stall_the_engine(
+    scripted: ScriptedOllama, hosted: MelleaSession
+) -> None:
+    """The host's thread joins a worker that makes sync calls on the session (or a sync
+    executor maps them): the engine is borrowed by a rescue thread while the host is stuck, so
+    the calls it waits for complete, and the host's next iteration takes the engine back."""
+    scripted.set_script(PACED)
+    texts: list[str] = []
+
+    def worker() -> None:
+        texts.extend(str(hosted.instruct(f"from a worker {k}")) for k in range(2))
+
+    thread = threading.Thread(target=worker, name="worker")
+    thread.start()
+    thread.join(WAIT)  # blocks this loop's thread in code that is not the runtime's
+    assert not thread.is_alive() and texts == [TEXT, TEXT]
+    hosting = hosted.system.loop._hosting
+    assert hosting is not None
+    steps = hosting._steps  # iterations run by this thread
+    mot = await hosted.ainstruct("after")
+    assert await asyncio.wait_for(mot.avalue(), WAIT) == TEXT
+    assert hosting._steps > steps  # taken back: this thread runs the engine again
 
 
 async def test_engine_loop_thread_keeps_a_thread_of_its_own(scripted: ScriptedOllama) -> None:

@@ -60,6 +60,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import select
 import sys
 import threading
 from collections import deque
@@ -528,7 +529,13 @@ class Channel(Generic[T]):
 # -- one loop driven from another's thread ------------------------------------------------------
 _set_running_loop = asyncio._set_running_loop
 
-_HOSTED, _LENT, _RELEASED = "hosted", "lent", "released"
+_HOSTED, _LENT, _BORROWED = "hosted", "lent", "borrowed"
+_RETURNING, _RELEASED = "returning", "released"
+
+STALL_CHECK = 0.01
+"""Seconds between two looks of the stall watch (:class:`_StallWatch`) at the hosted loops: a
+loop with work waiting that its host has not run between two looks is run on a rescue thread
+until the host runs again (so within about twice this)."""
 
 
 class LoopHost:
@@ -546,13 +553,21 @@ class LoopHost:
 
     * **hosted** — the host's thread, one iteration per wake-up (:meth:`_step`), holding
       ``_cond``'s lock for the iteration.
-    * **lent** — a *rescue thread*, for as long as the host's thread blocks. A blocking call on
-      the host's thread (``str()`` of a pending thunk, a sync method, ``close()``) would block
-      the very loop that must produce its answer; every blocking wait of the runtime is made
-      inside :func:`blocking`, which lends the loops this thread hosts (:meth:`lend`) and takes
-      them back when the wait ends (:meth:`_take_back`). Work in flight — a stream half read, a
-      validator's verdict, a retry's back-off — simply goes on there: nothing is restarted or
-      moved but the thread that runs the loop.
+    * **borrowed** — a rescue thread too, started by the *stall watch* (one daemon thread per
+      process while any loop is hosted, :class:`_StallWatch`) when ``inner`` has work waiting
+      and its host did not run it for :data:`STALL_CHECK` seconds or more: the host's thread
+      blocks in code that is not the runtime's (``Thread.join``, a sync executor's ``map`` over
+      calls of this session, ``time.sleep``) or runs a long callback. The engine goes on
+      meanwhile (the calls that the host waits for included: no deadlock), and the host's next
+      wake-up takes the loop back (:meth:`_step`).
+    * **lent** (then **returning**, while the take-back waits for the rescue thread to let go) —
+      a *rescue thread*, for as long as the host's thread blocks in a call of the runtime. A
+      blocking call on the host's thread (``str()`` of a pending thunk, a sync method,
+      ``close()``) would block the very loop that must produce its answer; every blocking wait
+      of the runtime is made inside :func:`blocking`, which lends the loops this thread hosts
+      (:meth:`lend`) and takes them back when the wait ends (:meth:`_take_back`). Work in flight
+      — a stream half read, a validator's verdict, a retry's back-off — simply goes on there:
+      nothing is restarted or moved but the thread that runs the loop.
     * **released** — for good, to the owner's own thread (``on_release``, called once): when
       the host loop ends (its ``asyncio.run`` cancels every task, the watcher task
       :meth:`_watch` among them), when :meth:`release` is called (the owner stops), or when a
@@ -576,9 +591,11 @@ class LoopHost:
         "_release_wanted",
         "_rescue_done",
         "_rescuer",
+        "_seen_steps",
         "_soon",
         "_state",
         "_stepping",
+        "_steps",
         "_thread",
         "_timer",
         "_watcher",
@@ -613,6 +630,8 @@ class LoopHost:
         self._rescuer: threading.Thread | None = None  # that thread, while it runs (_cond)
         self._release_wanted = False  # release() was called inside the rescue's iteration
         self._soon = False  # a step is scheduled with host.call_soon (host thread)
+        self._steps = 0  # iterations run by the host (host thread; read by the stall watch)
+        self._seen_steps = -1  # what the stall watch saw at its last look (stall watch only)
         self._timer: asyncio.TimerHandle | None = None  # the host's wake-up at inner's next timer
         host.add_reader(selector_fd, self._step)
         self._registered = True
@@ -620,6 +639,7 @@ class LoopHost:
             self._watch(), name=f"{name}-host-watch"
         )
         _hosts_here().append(self)
+        _stall_watch.add(self)
         self._arm()
 
     @property
@@ -643,11 +663,15 @@ class LoopHost:
     def _step(self) -> None:
         inner = self._inner
         with self._cond:
-            if self._state is not _HOSTED:
-                self._unregister()
+            if self._state is _BORROWED and self._return_from_rescue():  # the stall watch ran
+                self._state = _HOSTED  # it while this thread was busy: back here
+            if self._state is not _HOSTED:  # released (lent or returning: this thread blocks)
+                if self._state is _RELEASED:
+                    self._unregister()
                 return
             if self._stepping:  # a step inside a step (an inner callback ran the host's)
                 return
+            self._steps += 1
             outer = _running_loop()
             _set_running_loop(None)  # run_forever refuses to start under a running loop
             self._stepping = True
@@ -715,15 +739,57 @@ class LoopHost:
         if watcher is not None:
             watcher.cancel()
 
+    # -- borrowed: the host's thread is busy (stall watch thread) ----------------------------------
+    def _look(self) -> None:
+        """The stall watch's look: borrow ``inner`` if the host ran no iteration since the last
+        look and ``inner`` has work waiting (its ready queue, a due timer, a ready descriptor)."""
+        steps = self._steps
+        seen, self._seen_steps = self._seen_steps, steps
+        if steps != seen or self._state is not _HOSTED:
+            return
+        if not self._cond.acquire(blocking=False):  # an iteration runs: not stalled
+            return
+        try:
+            if self._state is not _HOSTED or self._stepping or self._steps != steps:
+                return
+            if not self._has_work():
+                return
+            self._state = _BORROWED
+            self._rescue_done = False
+            self._rescuer = threading.Thread(
+                target=self._rescue, name=f"{self.name}-rescue", daemon=True
+            )
+            self._rescuer.start()
+        finally:
+            self._cond.release()
+        with contextlib.suppress(RuntimeError):  # the host's next iteration takes it back
+            self._host.call_soon_threadsafe(self._on_soon)
+
+    def _has_work(self) -> bool:
+        inner: Any = self._inner  # the fields _arm reads; only an iteration writes them, and
+        if inner._ready:  # none runs (the caller holds _cond)
+            return True
+        scheduled = inner._scheduled
+        if scheduled and scheduled[0].when() <= inner.time() - STALL_CHECK:  # a host wakes a
+            return True  # little late for a timer (epoll's milliseconds): overdue is later
+        try:
+            readable, _, _ = select.select([self._fd], [], [], 0)
+        except (OSError, ValueError):  # closed under our feet: nothing to run
+            return False
+        return bool(readable)
+
     # -- lent: the host's thread blocks ------------------------------------------------------------
     def lend(self) -> Callable[[], None] | None:
         """The host's thread is about to block: run ``inner`` on a rescue thread until the
         returned take-back is called (None: nothing to lend — not hosted, or called inside an
         iteration, where blocking is refused before it gets here)."""
         with self._cond:
-            if self._state is not _HOSTED or self._stepping:
+            if self._stepping or threading.current_thread() is not self._thread:
                 return None
-            if threading.current_thread() is not self._thread:
+            if self._state is _BORROWED:  # already on a rescue thread: now until the wait ends
+                self._state = _LENT
+                return self._take_back
+            if self._state is not _HOSTED:
                 return None
             self._state = _LENT
             self._rescue_done = False
@@ -738,7 +804,7 @@ class LoopHost:
         self._bind(True)
         try:
             # a stray stop() ends one run_forever, not the lend
-            while self._state is _LENT and not self._release_wanted:
+            while (self._state is _LENT or self._state is _BORROWED) and not self._release_wanted:
                 inner.run_forever()
         finally:
             self._bind(False)
@@ -761,16 +827,31 @@ class LoopHost:
             self._inner.call_soon_threadsafe(self._inner.stop)
         self._cond.wait_for(lambda: self._rescue_done)
 
+    def _return_from_rescue(self) -> bool:
+        """Under ``_cond``, lent or borrowed (host thread): stop the rescue thread and wait until
+        it let go. True: the loop is back (``returning``; the caller says what next); False:
+        released meanwhile. An interrupted wait (Ctrl-C) leaves it borrowed (the host's next
+        iteration tries again) or, if the rescue thread had let go, hosted."""
+        self._state = _RETURNING  # still not hosted: nothing may run inner but the rescue
+        try:
+            self._stop_rescue()
+        except BaseException:  # interrupted: the rescue thread runs on, or it is back here
+            if self._state is _RETURNING:
+                self._state = _HOSTED if self._rescue_done else _BORROWED
+            raise
+        return self._state is _RETURNING
+
     def _take_back(self) -> None:
         """The host's thread's wait ended (host thread)."""
         with self._cond:
-            if self._state is not _LENT or self._release_wanted:  # released meanwhile
+            if self._state is _LENT and not self._release_wanted:
+                self._return_from_rescue()
+            if self._state is not _RETURNING:  # released meanwhile (its releaser hands over)
                 self._cond.wait_for(lambda: self._rescue_done)
                 self._unregister()
                 return
             usable = self._host.is_running()  # else nobody would watch it after this wait
             self._state = _HOSTED if usable else _RELEASED
-            self._stop_rescue()
             if usable:
                 self._soon = False
                 self._on_soon()  # catch up at once: the host did not watch while it blocked
@@ -785,14 +866,15 @@ class LoopHost:
             state = self._state
             if state is _RELEASED or self._release_wanted:
                 return
-            if state is _LENT and threading.current_thread() is self._rescuer:
+            lent = state is _LENT or state is _RETURNING or state is _BORROWED
+            if lent and threading.current_thread() is self._rescuer:
                 self._release_wanted = True  # inside the rescue's iteration: it ends there
                 self._inner.stop()  # and the rescue thread hands the loop over
                 return
             self._state = _RELEASED
             if self._stepping:  # inside an iteration on this thread: _step finishes the job
                 return
-            if state is _LENT:
+            if lent:
                 self._stop_rescue()
         if threading.current_thread() is self._thread:
             self._unregister()
@@ -801,6 +883,42 @@ class LoopHost:
                 self._host.call_soon_threadsafe(self._unregister)
         self._on_release()
 
+
+class _StallWatch:
+    """One daemon thread per process, while any loop is hosted: every :data:`STALL_CHECK`
+    seconds it looks at each hosted loop, and borrows one (:meth:`LoopHost._borrow`) whose host
+    ran no iteration since the last look while it had work waiting. Ends when no loop is
+    hosted; started again by the next."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hosts: list[LoopHost] = []  # guarded by _lock
+        self._thread: threading.Thread | None = None  # guarded by _lock
+
+    def add(self, host: LoopHost) -> None:
+        with self._lock:
+            self._hosts.append(host)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="mellea-actors-stall-watch", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        wait = threading.Event().wait  # never set: a sleep that is not time.sleep's
+        while True:
+            wait(STALL_CHECK)
+            with self._lock:
+                self._hosts = [h for h in self._hosts if h.state is not _RELEASED]
+                hosts = list(self._hosts)
+                if not hosts:
+                    self._thread = None
+                    return
+            for host in hosts:
+                host._look()
+
+
+_stall_watch = _StallWatch()
 
 
 def _hosts_here() -> list[LoopHost]:

@@ -492,9 +492,9 @@ def start_session(
             when the session is opened (``start_session()`` inside ``async def main()``), so
             your coroutines and the engine share one thread and no GIL changes hands between
             them; while your code blocks on that thread (``str()`` of a pending thunk, a sync
-            method), the engine goes on in a rescue thread, and when that loop ends it moves
-            to a thread of its own. Opened outside a running loop, or with ``"thread"``, the
-            engine runs on a thread of the session's own.
+            method, or any blocking code), the engine goes on in a rescue thread, and when that
+            loop ends it moves to a thread of its own. Opened outside a running loop, or with
+            ``"thread"``, the engine runs on a thread of the session's own.
         **backend_kwargs: the keyword arguments of Mellea's ``OllamaModelBackend``:
             ``timeout`` (seconds, or None) becomes the session's default
             ``ModelOption.STREAM_TIMEOUT`` unless ``model_options`` sets it;
