@@ -25,7 +25,8 @@ through the primitives here, in the spirit of anyio's ``from_thread``; no other 
   (the engine with no thread of its own); lent to a rescue thread while that thread blocks,
   released to a thread of its own when the caller's loop ends.
 * :class:`blocking` — the one wrapper of every blocking wait of the runtime: it lends the
-  loops that the waiting thread hosts, so that no wait can block the loop it waits for.
+  loops that the waiting thread hosts, so that no wait can block the loop it waits for
+  (:func:`wait_event`: a ``threading.Event`` waited for inside it).
 
 Guarantees, stated once:
 
@@ -84,6 +85,7 @@ __all__ = [
     "interrupt_behind",
     "release_switch_interval",
     "run_coroutine",
+    "wait_event",
 ]
 
 T = TypeVar("T")
@@ -423,10 +425,7 @@ class Waker:
     def wait_sync(self, timeout: float | None) -> bool:
         """Block until woken (the waiter's thread only); False after ``timeout`` seconds."""
         assert self._event is not None
-        if self._event.is_set():
-            return True
-        with blocking():
-            return self._event.wait(timeout)
+        return wait_event(self._event, timeout)
 
 
 class Signal:
@@ -467,10 +466,7 @@ class Signal:
 
     def wait_sync(self, timeout: float | None) -> bool:
         """Block until set; False after ``timeout`` seconds."""
-        if self._event.is_set():
-            return True
-        with blocking():
-            return self._event.wait(timeout)
+        return wait_event(self._event, timeout)
 
 
 class Channel(Generic[T]):
@@ -754,12 +750,7 @@ class LoopHost:
                 return
             if not self._has_work():
                 return
-            self._state = _BORROWED
-            self._rescue_done = False
-            self._rescuer = threading.Thread(
-                target=self._rescue, name=f"{self.name}-rescue", daemon=True
-            )
-            self._rescuer.start()
+            self._start_rescue(_BORROWED)
         finally:
             self._cond.release()
         with contextlib.suppress(RuntimeError):  # the host's next iteration takes it back
@@ -791,13 +782,17 @@ class LoopHost:
                 return self._take_back
             if self._state is not _HOSTED:
                 return None
-            self._state = _LENT
-            self._rescue_done = False
-            self._rescuer = threading.Thread(
-                target=self._rescue, name=f"{self.name}-rescue", daemon=True
-            )
-            self._rescuer.start()
+            self._start_rescue(_LENT)
         return self._take_back
+
+    def _start_rescue(self, state: str) -> None:
+        """Under ``_cond``, hosted: go to ``state`` (lent or borrowed), run by a rescue thread."""
+        self._state = state
+        self._rescue_done = False
+        self._rescuer = threading.Thread(
+            target=self._rescue, name=f"{self.name}-rescue", daemon=True
+        )
+        self._rescuer.start()
 
     def _rescue(self) -> None:
         inner = self._inner
@@ -886,7 +881,7 @@ class LoopHost:
 
 class _StallWatch:
     """One daemon thread per process, while any loop is hosted: every :data:`STALL_CHECK`
-    seconds it looks at each hosted loop, and borrows one (:meth:`LoopHost._borrow`) whose host
+    seconds it looks at each hosted loop (:meth:`LoopHost._look`), and borrows one whose host
     ran no iteration since the last look while it had work waiting. Ends when no loop is
     hosted; started again by the next."""
 
@@ -926,6 +921,14 @@ def _hosts_here() -> list[LoopHost]:
     if hosts is None:
         hosts = _thread_hosts.hosts = []
     return hosts
+
+
+def wait_event(event: threading.Event, timeout: float | None) -> bool:
+    """``event.wait(timeout)`` made inside :class:`blocking` (not entered when already set)."""
+    if event.is_set():
+        return True
+    with blocking():
+        return event.wait(timeout)
 
 
 class blocking:

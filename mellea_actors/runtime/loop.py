@@ -77,6 +77,7 @@ from mellea_actors.runtime.crossing import (
     in_thread,
     release_switch_interval,
     run_coroutine,
+    wait_event,
 )
 
 if TYPE_CHECKING:
@@ -148,15 +149,19 @@ class ActorLoop:
 
     # -- lifecycle -------------------------------------------------------------------------
     @staticmethod
-    def can_host(host: asyncio.AbstractEventLoop) -> bool:
-        """Whether a loop may be hosted on ``host``: a running loop of this thread with
+    def host_here() -> asyncio.AbstractEventLoop | None:
+        """The loop that may host one made now: this thread's running loop if it has
         ``add_reader`` (not Windows' proactor), on a platform whose default selector has a
-        descriptor to watch (epoll, kqueue), from code outside any runtime loop."""
-        if asyncio._get_running_loop() is not host or current_actor_loop() is not None:
-            return False
+        descriptor to watch (epoll, kqueue), called from code outside any runtime loop; else
+        None."""
+        host = asyncio._get_running_loop()
+        if host is None or current_actor_loop() is not None:
+            return None
         if not hasattr(selectors.DefaultSelector, "fileno"):
-            return False
-        return not isinstance(host, getattr(asyncio, "ProactorEventLoop", ()))
+            return None
+        if isinstance(host, getattr(asyncio, "ProactorEventLoop", ())):
+            return None
+        return host
 
     @property
     def hosted(self) -> bool:
@@ -485,8 +490,7 @@ class _StoppedFlag:
                     self._event = threading.Event()
         if self._set:
             return True
-        with blocking():
-            return self._event.wait(timeout)
+        return wait_event(self._event, timeout)
 
 
 _flag_events_lock = threading.Lock()

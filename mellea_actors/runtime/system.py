@@ -101,6 +101,17 @@ the code that opens the session, when there is one (one thread, no GIL hand-offs
 :class:`~mellea_actors.runtime.loop.ActorLoop`), else on a thread of its own; ``"thread"`` —
 always on a thread of its own."""
 
+
+def check_engine_loop(value: object, name: str = "engine_loop") -> str:
+    """``value`` if it is one of :data:`ENGINE_LOOPS`, else InvalidInputError naming ``name``."""
+    if value not in ENGINE_LOOPS:
+        raise InvalidInputError(
+            f"unknown {name} {value!r}: use 'caller' (the caller's running event loop when "
+            "there is one) or 'thread' (a thread of the session's own)"
+        )
+    return str(value)
+
+
 T = TypeVar("T")
 
 #: The generations started by the coroutine that :meth:`ActorSystem.run_sync` runs (per task).
@@ -144,11 +155,7 @@ class ActorSystem:
     ) -> None:
         if engine not in ("local", "ray"):
             raise InvalidInputError(f"unknown engine {engine!r}: use 'local' or 'ray'")
-        if engine_loop not in ENGINE_LOOPS:
-            raise InvalidInputError(
-                f"unknown engine_loop {engine_loop!r}: use 'caller' (the caller's running "
-                "event loop when there is one) or 'thread' (a thread of the session's own)"
-            )
+        check_engine_loop(engine_loop)
         dashboard = _dashboard_from_env()  # a bad MELLEA_ACTORS_DASHBOARD fails before anything
         self._live_view: LiveView | None = None  # serve(); closed by close()
         self._queue_timeout = queue_timeout
@@ -180,9 +187,8 @@ class ActorSystem:
         self._failed: str | None = None  # set once by the root (loop thread), read anywhere
         self._policy = policy
         self._breaker_policy = breaker_policy
-        host = asyncio._get_running_loop() if engine_loop == "caller" else None
-        if host is not None and (engine != "local" or not ActorLoop.can_host(host)):
-            host = None  # engine="ray" keeps its relays on a thread of their own
+        # engine="ray" keeps its relays on a thread of their own
+        host = ActorLoop.host_here() if engine_loop == "caller" and engine == "local" else None
         self.loop = ActorLoop(name=f"mellea-actors-{self.id}", host=host).start()
         self._begins = CallBatch(self.loop.loop)  # start_generation's crossings (any thread)
         self.log.emit("system_started", actor=self.id, kind="system")

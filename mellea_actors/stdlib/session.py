@@ -49,7 +49,7 @@ from mellea_actors.runtime.breaker import BreakerPolicy
 from mellea_actors.runtime.crossing import in_thread
 from mellea_actors.runtime.host_pool import HostSpec, model_listed
 from mellea_actors.runtime.restart_policy import RestartPolicy
-from mellea_actors.runtime.system import ENGINE_LOOPS, ActorSystem, Hosts
+from mellea_actors.runtime.system import ActorSystem, Hosts, check_engine_loop
 from mellea_actors.stdlib.components import Instruction, Message, apply_user_variables
 from mellea_actors.stdlib.context import ChatContext, SimpleContext
 from mellea_actors.stdlib.mobject import Query, Transform
@@ -626,12 +626,7 @@ def _engine_loop(engine_loop: object) -> str:
     if engine_loop is None:
         engine_loop = os.environ.get("MELLEA_ACTORS_ENGINE_LOOP", "").strip().lower() or "caller"
         name = "MELLEA_ACTORS_ENGINE_LOOP"
-    if engine_loop not in ENGINE_LOOPS:
-        raise InvalidInputError(
-            f"unknown {name} {engine_loop!r}: use 'caller' (the caller's running event loop "
-            "when there is one) or 'thread' (a thread of the session's own)"
-        )
-    return str(engine_loop)
+    return check_engine_loop(engine_loop, name)
 
 
 #: Mellea's other ``backend_name`` values (refused with an error that says so).
