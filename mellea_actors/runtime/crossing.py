@@ -530,8 +530,9 @@ _RETURNING, _RELEASED = "returning", "released"
 
 STALL_CHECK = 0.01
 """Seconds between two looks of the stall watch (:class:`_StallWatch`) at the hosted loops: a
-loop with work waiting that its host has not run between two looks is run on a rescue thread
-until the host runs again (so within about twice this)."""
+loop that had work waiting at one look, and that its host has not run since the look before
+it, is run on a rescue thread if it still has work and still was not run at the next look (so
+after one to two of these: work that had *just* arrived at an idle host is not a stall)."""
 
 
 class LoopHost:
@@ -592,6 +593,7 @@ class LoopHost:
         "_state",
         "_stepping",
         "_steps",
+        "_suspect",
         "_thread",
         "_timer",
         "_watcher",
@@ -628,6 +630,7 @@ class LoopHost:
         self._soon = False  # a step is scheduled with host.call_soon (host thread)
         self._steps = 0  # iterations run by the host (host thread; read by the stall watch)
         self._seen_steps = -1  # what the stall watch saw at its last look (stall watch only)
+        self._suspect = False  # that look saw work waiting and no iteration (stall watch only)
         self._timer: asyncio.TimerHandle | None = None  # the host's wake-up at inner's next timer
         host.add_reader(selector_fd, self._step)
         self._registered = True
@@ -737,10 +740,15 @@ class LoopHost:
 
     # -- borrowed: the host's thread is busy (stall watch thread) ----------------------------------
     def _look(self) -> None:
-        """The stall watch's look: borrow ``inner`` if the host ran no iteration since the last
-        look and ``inner`` has work waiting (its ready queue, a due timer, a ready descriptor)."""
+        """The stall watch's look: borrow ``inner`` if the host ran no iteration during the
+        last two intervals and ``inner`` had work waiting (its ready queue, a due timer, a
+        ready descriptor) at the last look and still has now. One look that sees work is not
+        enough: the work may have come a moment ago to a host that was idle (a chunk arriving
+        at a loop waiting in ``select``), and the host's thread may simply not have had the GIL
+        back yet; borrowing then would cost a thread start and two hand-overs for nothing."""
         steps = self._steps
         seen, self._seen_steps = self._seen_steps, steps
+        suspect, self._suspect = self._suspect, False
         if steps != seen or self._state is not _HOSTED:
             return
         if not self._cond.acquire(blocking=False):  # an iteration runs: not stalled
@@ -749,6 +757,9 @@ class LoopHost:
             if self._state is not _HOSTED or self._stepping or self._steps != steps:
                 return
             if not self._has_work():
+                return
+            if not suspect:  # work waits, since at most one interval: look again next time
+                self._suspect = True
                 return
             self._start_rescue(_BORROWED)
         finally:
