@@ -540,7 +540,13 @@ class _LoopInbox:
 
     def put(self, envelope: Envelope[Any], /) -> None:
         actor = self._actor
-        assert actor is not None
+        if actor is None:  # stopped: its inbox let go of it (see ``LoopActor._let_go``)
+            if envelope.reply_to is not None:
+                envelope.reply_to.set_exception(
+                    (ActorDeadError, ActorDeadError("the actor has stopped"), None)
+                )
+                return
+            raise ActorDeadError("the actor has stopped")
         try:
             actor.actor_loop.call_soon(actor._deliver, envelope)
         except RuntimeClosedError:
@@ -700,6 +706,7 @@ class LoopActor(pykka.Actor):
             self.on_stop()
         except BaseException:
             self.on_crash(sys.exc_info())  # type: ignore[arg-type]
+        self._let_go()
 
     def _crash(self, exc_info: ExcInfo) -> None:
         if self.actor_stopped.is_set():
@@ -707,7 +714,20 @@ class LoopActor(pykka.Actor):
         self.actor_stopped.set()
         with contextlib.suppress(BaseException):  # a failing hook must not hide the crash
             self.on_failure(*exc_info)
-        self.on_crash(exc_info)
+        try:
+            self.on_crash(exc_info)
+        finally:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Break the actor ↔ inbox cycle once the actor has stopped, so that the actor, and
+        what it holds, is freed by reference counting as soon as nothing else holds it, not by
+        the cyclic collector (whose full pass is the tail of a burst of many streams;
+        docs/hot_path.md). A message put in afterwards is answered with ``ActorDeadError``, as
+        ``_deliver`` answers one queued before the stop."""
+        inbox = self.actor_inbox
+        if inbox.__class__ is _LoopInbox:
+            inbox._actor = None
 
     # hooks for the runtime -----------------------------------------------------------------
     def on_crash(self, exc_info: ExcInfo) -> None:

@@ -93,6 +93,7 @@ class Ticket:
         """Give back the place this ticket holds (nothing if it holds none)."""
         if self.state == 1:
             self.state = 4
+            self.token = None  # what it is for (which may hold this ticket): no cycle kept
             self._admission.release()
 
     def cancel(self) -> bool:
@@ -223,6 +224,7 @@ class Admission:
             client, ticket.client = ticket.client, None
             if client is not None:
                 client.admission_expired(ticket)
+            ticket.token = None
 
     def release(self) -> None:
         self.in_flight -= 1

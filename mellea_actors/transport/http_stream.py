@@ -117,7 +117,9 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: ConnectionPool) -> None:
         self._pool = pool
-        self._parser = httptools.HttpResponseParser(self)
+        # the parser holds this protocol's bound methods: a cycle, broken in connection_lost
+        # so that a closed connection is freed by reference counting, not the cyclic GC
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._reader: BodyReader | None = None
@@ -137,8 +139,11 @@ class _Connection(asyncio.Protocol):
         first = not self._received
         self._received = True
         reader = self._ending = self._reader
+        parser = self._parser
+        if parser is None:  # pragma: no cover - asyncio sends no data after connection_lost
+            return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, _CallbackFailed):  # raised by the reader: fail with its error
@@ -158,6 +163,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
+        self._parser = None
         self._pool.forget(self)
         if self._waiter is not None and not self._waiter.done():
             why = f"connection lost: {exc}" if exc else "the server closed the connection"
@@ -165,6 +171,7 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks ------------------------------------------------------------------
     def on_headers_complete(self) -> None:
+        assert self._parser is not None  # called by the parser itself
         self._status = status = self._parser.get_status_code()
         reader = self._reader
         if reader is not None:
@@ -202,6 +209,7 @@ class _Connection(asyncio.Protocol):
             waiter.set_exception(
                 ConnectionClosed("the answer ended early", received=True, orderly=True)
             )
+        assert self._parser is not None  # called by the parser itself
         keep = self._parser.should_keep_alive() and self._answered
         self._waiter = None
         self._reader = None
