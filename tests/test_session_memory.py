@@ -6,6 +6,8 @@ import asyncio
 import gc
 import tracemalloc
 import weakref
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from mellea_actors import MelleaSession, start_session
 from mellea_actors.core.context_chain import SIMPLE_CONTEXT_KEEP
@@ -14,6 +16,7 @@ from mellea_actors.testing import Script, ScriptedOllama, ScriptedOllamaProcess
 from .conftest import SCRIPTED_MODEL
 
 WAIT = 10.0
+T = TypeVar("T")
 
 
 def test_a_simple_context_keeps_no_history(
@@ -129,44 +132,34 @@ def test_an_open_stream_holds_few_objects_the_garbage_collector_tracks() -> None
     context for the runtime's done callbacks and a few objects less in the generator took it to
     66. The budget is 70."""
     n = 200
-    server = ScriptedOllamaProcess(
-        Script(tokens=("a ", "b ", "c "), delay=30.0), models=(SCRIPTED_MODEL,)
-    ).start()
 
-    async def main() -> float:
-        m = start_session(model_id=SCRIPTED_MODEL, base_url=server.base_url, check=False)
-        try:
-            warm = await m.ainstruct("warm up", strategy=None, model_options={"stream": True})
-            await warm.astream()  # the first token: the whole path has run once
-            await warm.cancel()
-            started: list[asyncio.Event] = [asyncio.Event() for _ in range(n)]
+    async def main(m: MelleaSession) -> float:
+        warm = await m.ainstruct("warm up", strategy=None, model_options={"stream": True})
+        await warm.astream()  # the first token: the whole path has run once
+        await warm.cancel()
+        started: list[asyncio.Event] = [asyncio.Event() for _ in range(n)]
 
-            async def read(mot: object, first: asyncio.Event) -> None:
-                while not mot.is_computed():  # type: ignore[attr-defined]
-                    if await mot.astream():  # type: ignore[attr-defined]
-                        first.set()
+        async def read(mot: object, first: asyncio.Event) -> None:
+            while not mot.is_computed():  # type: ignore[attr-defined]
+                if await mot.astream():  # type: ignore[attr-defined]
+                    first.set()
 
-            gc.collect()
-            before = len(gc.get_objects())
-            tasks = []
-            for k in range(n):
-                mot = await m.ainstruct(f"open {k}", strategy=None, model_options={"stream": True})
-                tasks.append(asyncio.create_task(read(mot, started[k])))
-            async with asyncio.timeout(WAIT):
-                await asyncio.gather(*(e.wait() for e in started))
-            gc.collect()
-            per_stream = (len(gc.get_objects()) - before) / n
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            return per_stream
-        finally:
-            await asyncio.to_thread(m.close)
+        gc.collect()
+        before = len(gc.get_objects())
+        tasks = []
+        for k in range(n):
+            mot = await m.ainstruct(f"open {k}", strategy=None, model_options={"stream": True})
+            tasks.append(asyncio.create_task(read(mot, started[k])))
+        async with asyncio.timeout(WAIT):
+            await asyncio.gather(*(e.wait() for e in started))
+        gc.collect()
+        per_stream = (len(gc.get_objects()) - before) / n
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return per_stream
 
-    try:
-        per_stream = asyncio.run(main())
-    finally:
-        server.stop()
+    per_stream = _on_a_server_process(Script(tokens=("a ", "b ", "c "), delay=30.0), main)
     assert per_stream <= 70, f"an open stream holds {per_stream:.1f} tracked objects"
 
 
@@ -178,48 +171,38 @@ def test_a_finished_stream_leaves_no_garbage_cycle_of_the_runtime() -> None:
     pool with its HTTP parser. What is left is asyncio's own: a closed socket transport keeps a
     bound method of itself."""
     n = 48  # more at once than the pool keeps idle (32): some connections are closed
-    server = ScriptedOllamaProcess(
-        Script(tokens=("a ", "b ", "c "), delay=0.01), models=(SCRIPTED_MODEL,)
-    ).start()
 
-    async def main() -> list[object]:
-        m = start_session(model_id=SCRIPTED_MODEL, base_url=server.base_url, check=False)
+    async def main(m: MelleaSession) -> list[object]:
+        warm = await m.ainstruct("warm up", strategy=None, model_options={"stream": True})
+        await warm.avalue()
+        del warm
+        gc.collect()
+        gc.disable()
         try:
-            warm = await m.ainstruct("warm up", strategy=None, model_options={"stream": True})
-            await warm.avalue()
-            del warm
+            mots = [
+                await m.ainstruct(f"s {k}", strategy=None, model_options={"stream": True})
+                for k in range(n)
+            ]
+
+            async def read(mot: object) -> None:
+                while not mot.is_computed():  # type: ignore[attr-defined]
+                    await mot.astream()  # type: ignore[attr-defined]
+
+            async with asyncio.timeout(WAIT):
+                await asyncio.gather(*(read(mot) for mot in mots))
+            del mots
+            for _ in range(3):  # the ends' last callbacks run
+                await asyncio.sleep(0)
+            gc.set_debug(gc.DEBUG_SAVEALL)
             gc.collect()
-            gc.disable()
-            try:
-                mots = [
-                    await m.ainstruct(f"s {k}", strategy=None, model_options={"stream": True})
-                    for k in range(n)
-                ]
-
-                async def read(mot: object) -> None:
-                    while not mot.is_computed():  # type: ignore[attr-defined]
-                        await mot.astream()  # type: ignore[attr-defined]
-
-                async with asyncio.timeout(WAIT):
-                    await asyncio.gather(*(read(mot) for mot in mots))
-                del mots
-                for _ in range(3):  # the ends' last callbacks run
-                    await asyncio.sleep(0)
-                gc.set_debug(gc.DEBUG_SAVEALL)
-                gc.collect()
-                found = [o for o in gc.garbage if _of_the_runtime(o)]
-                gc.garbage.clear()
-                return found
-            finally:
-                gc.set_debug(0)
-                gc.enable()
+            found = [o for o in gc.garbage if _of_the_runtime(o)]
+            gc.garbage.clear()
+            return found
         finally:
-            await asyncio.to_thread(m.close)
+            gc.set_debug(0)
+            gc.enable()
 
-    try:
-        found = asyncio.run(main())
-    finally:
-        server.stop()
+    found = _on_a_server_process(Script(tokens=("a ", "b ", "c "), delay=0.01), main)
     kinds = sorted({f"{type(o).__module__}.{type(o).__qualname__}" for o in found})
     assert not found, f"{len(found)} objects left in cycles: {kinds}"
 
@@ -227,3 +210,21 @@ def test_a_finished_stream_leaves_no_garbage_cycle_of_the_runtime() -> None:
 def _of_the_runtime(obj: object) -> bool:
     module = type(obj).__module__ or ""
     return module.startswith(("mellea_actors", "pykka", "httptools"))
+
+
+def _on_a_server_process(script: Script, main: Callable[[MelleaSession], Awaitable[T]]) -> T:
+    """``main(session)`` in ``asyncio.run``, the session opened in that loop against a scripted
+    server in its own process (so that the server's objects are not counted here)."""
+    server = ScriptedOllamaProcess(script, models=(SCRIPTED_MODEL,)).start()
+
+    async def run() -> T:
+        m = start_session(model_id=SCRIPTED_MODEL, base_url=server.base_url, check=False)
+        try:
+            return await main(m)
+        finally:
+            await asyncio.to_thread(m.close)
+
+    try:
+        return asyncio.run(run())
+    finally:
+        server.stop()
