@@ -234,3 +234,36 @@ async def test_a_200_answer_that_is_not_ndjson_names_the_host_and_shows_it() -> 
         await server.wait_closed()
     message = str(caught.value)
     assert host in message and "Welcome to nginx" in message and "Ollama protocol" in message
+
+
+async def test_a_plain_http_host_loads_no_ca_bundle_but_https_does(
+    scripted: ScriptedOllama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the first stream of every transport built an ``ollama.AsyncClient`` (for its
+    headers and the management calls) whose httpx client loaded the CA bundle — ~30 ms of CPU
+    inside the first request, for a plain-http host that never speaks TLS. An https host keeps
+    the default verification."""
+    import ssl
+
+    made: list[object] = []
+    original = ssl.create_default_context
+
+    def counted(*args: object, **kwargs: object) -> ssl.SSLContext:
+        made.append(args or kwargs)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl, "create_default_context", counted)
+    scripted.enqueue(Script(tokens=("ok",)))
+    transport = OllamaTransport(scripted.base_url)
+    try:
+        await transport.stream_chat(request(scripted.base_url), Sink())
+        assert await transport.version()  # a management call through the same client
+    finally:
+        await transport.aclose()
+    assert made == []
+    tls = OllamaTransport("https://ollama.example:443")
+    try:
+        tls._ensure_client()
+    finally:
+        await tls.aclose()
+    assert len(made) == 1
