@@ -11,9 +11,10 @@ outlives the loop that opened it; and closing it leaves no thread behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -133,26 +134,14 @@ async def test_text_reaches_a_reader_on_the_hosting_loop_without_a_thread_crossi
     """The engine's iteration runs on the reader's thread: waking the reader is scheduling its
     task there, not a ``call_soon_threadsafe`` (a self-pipe write and one more wake-up of the
     loop) per chunk, as from an engine on another thread."""
-    loop = asyncio.get_running_loop()
-    crossings = 0
-    original = loop.call_soon_threadsafe
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal crossings
-        crossings += 1
-        return original(*args, **kwargs)
-
     scripted.enqueue(Script(tokens=TOKENS, delay=0.01))
     mot = await hosted.ainstruct("x", model_options=STREAM)
-    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
-    try:
+    with _crossings_to(asyncio.get_running_loop()) as crossings:
         reads = []
         while not mot.is_computed():
             reads.append(await asyncio.wait_for(mot.astream(), WAIT))
-    finally:
-        del loop.call_soon_threadsafe  # the instance attribute: back to the class's method
     assert "".join(reads) == TEXT and len([r for r in reads if r]) >= 4
-    assert crossings == 0
+    assert crossings == []
 
 
 async def test_the_seeds_first_sample_str_of_a_fresh_thunk_waits_on_the_hosted_engine(
@@ -398,3 +387,34 @@ def test_the_environment_chooses_a_thread(
             return m.system.loop.hosted
 
     assert asyncio.run(main()) is False
+
+
+async def test_starting_generations_on_the_hosting_loop_writes_no_self_pipe(
+    scripted: ScriptedOllama, hosted: MelleaSession
+) -> None:
+    """Regression: each ``ainstruct`` on the thread that hosts the engine crossed to it with
+    ``call_soon_threadsafe`` (a self-pipe write, read back by one more iteration), as from
+    another thread; now it schedules on the engine's loop directly and wakes the host."""
+    scripted.set_script(Script(tokens=TOKENS))
+    with _crossings_to(hosted.system.loop.loop) as crossings:
+        mots = [await hosted.ainstruct(f"x {k}", model_options=STREAM) for k in range(5)]
+        values = [await asyncio.wait_for(mot.avalue(), WAIT) for mot in mots]
+    assert values == [TEXT] * 5
+    assert crossings == []
+
+
+@contextlib.contextmanager
+def _crossings_to(loop: asyncio.AbstractEventLoop) -> Iterator[list[object]]:
+    """The callbacks handed to ``loop`` with ``call_soon_threadsafe`` while inside."""
+    crossings: list[object] = []
+    original = loop.call_soon_threadsafe
+
+    def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        crossings.append(callback)
+        return original(callback, *args, **kwargs)
+
+    loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+    try:
+        yield crossings
+    finally:
+        del loop.call_soon_threadsafe  # the instance attribute: back to the class's method

@@ -94,12 +94,13 @@ T = TypeVar("T")
 def hop(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: Any) -> None:
     """Run ``callback(*args)`` on ``loop``'s thread, after what is already scheduled there.
 
-    From the loop's own thread this is ``loop.call_soon``. Raises ``RuntimeError`` if the loop is
-    closed.
+    From the loop's own thread this is ``loop.call_soon``; from the thread that hosts the loop
+    (:class:`LoopHost`) too, plus a wake-up of the host (no self-pipe write). Raises
+    ``RuntimeError`` if the loop is closed.
     """
     if _running_loop() is loop:
         loop.call_soon(callback, *args)
-    else:
+    elif not _host_call_soon(loop, callback, args):
         loop.call_soon_threadsafe(callback, *args)
 
 
@@ -117,8 +118,9 @@ class CallBatch:
     after that one but before it was submitted — use it only for callbacks nobody on the loop
     can be waiting for yet (the start of a new thunk). An exception of a callback goes to the
     loop's exception handler, as asyncio does for ``call_soon``; the rest of the batch runs.
-    From the loop's own thread, ``submit`` is ``call_soon``. Raises ``RuntimeError`` if the
-    loop is closed (asyncio's).
+    From the loop's own thread, ``submit`` is ``call_soon``; from the thread that hosts it, the
+    same plus a wake-up of the host (see :func:`hop`). Raises ``RuntimeError`` if the loop is
+    closed (asyncio's).
     """
 
     __slots__ = ("_items", "_lock", "_loop", "_pending")
@@ -133,6 +135,8 @@ class CallBatch:
         loop = self._loop
         if _running_loop() is loop:
             loop.call_soon(callback, *args)
+            return
+        if _host_call_soon(loop, callback, args):  # no crossing to batch: the host's thread
             return
         with self._lock:  # scheduled under the lock: a submit that finds the batch pending
             # returns after the batch was scheduled, so what its thread sends next comes after
@@ -340,6 +344,21 @@ class _WakeBatch:
 _batches = threading.local()
 
 _thread_hosts = threading.local()
+
+
+def _host_call_soon(
+    loop: asyncio.AbstractEventLoop, callback: Callable[..., object], args: Any
+) -> bool:
+    """``loop.call_soon(callback, *args)`` if this thread hosts ``loop`` now (see
+    :meth:`LoopHost.call_soon`); False, with nothing done, otherwise."""
+    hosts: list[LoopHost] | None = getattr(_thread_hosts, "hosts", None)
+    if hosts:
+        for host in hosts:
+            if host._inner is loop:
+                return host.call_soon(callback, args)
+    return False
+
+
 """Per thread: ``hosts``, the :class:`LoopHost` s it hosts (lent by :class:`blocking`), and
 ``stepping``, the host loop while one of them runs an iteration (else None)."""
 
@@ -651,6 +670,22 @@ class LoopHost:
         return self._thread
 
     # -- hosted: one iteration per wake-up (host thread) -----------------------------------------
+    def call_soon(self, callback: Callable[..., object], args: tuple[Any, ...]) -> bool:
+        """From the host's thread, between two iterations, while hosted: schedule ``callback``
+        on ``inner`` and wake the host for its next iteration — what ``call_soon_threadsafe``
+        does, without its self-pipe write (a syscall, and a read of it by the iteration). Safe
+        without asyncio's thread-safe path: nothing else runs ``inner`` while it is hosted (a
+        rescue thread needs ``_cond``, held here). False, with nothing done, in any other
+        state (the caller crosses as usual). Raises ``RuntimeError`` if ``inner`` is closed."""
+        with self._cond:
+            if self._state is not _HOSTED or self._stepping:
+                return False
+            self._inner.call_soon(callback, *args)
+            if not self._soon:
+                self._soon = True
+                self._host.call_soon(self._on_soon)
+        return True
+
     def _on_soon(self) -> None:
         self._soon = False
         self._step()
