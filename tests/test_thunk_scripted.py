@@ -67,6 +67,44 @@ async def test_making_a_thunk_lets_the_callers_other_tasks_run(
     await mot.avalue()
 
 
+@pytest.mark.parametrize(("every", "turns"), [(3600.0, 1), (0.0, 20)], ids=["burst", "each"])
+async def test_a_burst_of_thunks_gives_the_loop_a_turn_at_most_every_yield_every(
+    scripted: ScriptedOllama,
+    scripted_session: MelleaSession,
+    monkeypatch: pytest.MonkeyPatch,
+    every: float,
+    turns: int,
+) -> None:
+    """Regression (bench scenario 4's CPU): a turn of the caller's loop after every
+    ``ainstruct`` made each start of a burst pay whole iterations of both loops alone; the
+    turn comes once ``YIELD_EVERY`` seconds have passed since the last one (the first call of
+    a burst always gives one). Counted with the limit set so that the burst takes less or
+    more than it."""
+    from mellea_actors.backends import ollama as ollama_backend
+
+    monkeypatch.setattr(ollama_backend, "YIELD_EVERY", every)
+    ran = 0
+    done = False
+
+    async def other_task() -> None:
+        nonlocal ran
+        while not done:
+            ran += 1
+            await asyncio.sleep(0)
+
+    await asyncio.sleep(0.01)  # the last turn given is now older than 0 s
+    task = asyncio.create_task(other_task())
+    try:
+        before = ran
+        mots = [await scripted_session.ainstruct(f"q {k}", strategy=None) for k in range(20)]
+        after = ran
+    finally:
+        done = True
+        await task
+    assert after - before == turns
+    await wait_for_all_mots(mots)
+
+
 async def test_generation_starts_before_anyone_reads(
     scripted: ScriptedOllama, scripted_session: MelleaSession
 ) -> None:
