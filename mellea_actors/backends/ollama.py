@@ -37,17 +37,20 @@ __all__ = ["OllamaBackend", "render_chat"]
 _RESOLVED_CACHE = 256
 """Distinct option sets a backend remembers resolved (:meth:`OllamaBackend._resolve_for_call`)."""
 
-YIELD_EVERY = 0.0
+YIELD_EVERY = 0.0002
 """Seconds: how often, at most, ``generate_from_context`` gives the caller's loop a turn
 (``asyncio.sleep(0)``) when it is called many times in a row; 0: after every call.
 
-A turn after every call makes each start of a burst pay whole iterations of the caller's loop
-and of the engine's alone (its connect, its first write): measured pairwise in bench
-``many_streams``, batching the starts of each 1 ms (``0.001``) used 24 % less client CPU for
-1,000 short streams and 12 % less for the scenario's 40 chunks each — but the chunks that
-arrived during the burst waited longer (first chunks' median delay 0.5 -> 6-7 ms, the run's
-p99 delay 4 -> 13-22 ms, three to five times the floor's). The p99 target wins: the default
-keeps a turn after every call. (docs/hot_path.md)"""
+A turn after every call made each start of a burst pay whole iterations of the caller's loop
+and of the engine's alone (its connect, its first write): ~3,400 and ~2,600 of them for 1,000
+starts. Batching the starts of each 0.2 ms (one to three calls) lets them reach the engine
+together (which launches at most ``START_BURST`` of them an iteration): scenario 4 of
+``bench/`` used ~12 % less client CPU (1.40-1.47 s against 1.57-1.74 s in the same hour) and
+less wall, for a p99 delay of 6-7 ms against 4-7 ms; of five quick runs, four met every target
+of the scenario, against two of six with a turn after every call (docs/hot_path.md). Longer
+batches cost more delay: at 1 ms, 24 % less CPU for short streams, but the first chunks of the
+burst waited 6-7 ms (median) and the p99 tripled. The caller's other tasks wait at most about
+this long plus one call for their turn."""
 
 
 def _layer_key(layer: dict[str, Any]) -> tuple[tuple[str, type, Any], ...]:
