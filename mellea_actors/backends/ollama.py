@@ -37,20 +37,16 @@ __all__ = ["OllamaBackend", "render_chat"]
 _RESOLVED_CACHE = 256
 """Distinct option sets a backend remembers resolved (:meth:`OllamaBackend._resolve_for_call`)."""
 
-YIELD_EVERY = 0.0002
+YIELD_EVERY = 0.0
 """Seconds: how often, at most, ``generate_from_context`` gives the caller's loop a turn
 (``asyncio.sleep(0)``) when it is called many times in a row; 0: after every call.
 
-A turn after every call made each start of a burst pay whole iterations of the caller's loop
-and of the engine's alone (its connect, its first write): ~3,400 and ~2,600 of them for 1,000
-starts. Batching the starts of each 0.2 ms (one to three calls) lets them reach the engine
-together (which launches at most ``START_BURST`` of them an iteration): scenario 4 of
-``bench/`` used ~12 % less client CPU (1.40-1.47 s against 1.57-1.74 s in the same hour) and
-less wall, for a p99 delay of 6-7 ms against 4-7 ms; of five quick runs, four met every target
-of the scenario, against two of six with a turn after every call (docs/hot_path.md). Longer
-batches cost more delay: at 1 ms, 24 % less CPU for short streams, but the first chunks of the
-burst waited 6-7 ms (median) and the p99 tripled. The caller's other tasks wait at most about
-this long plus one call for their turn."""
+A turn after every call makes each start of a burst pay whole iterations of the caller's loop
+and of the engine's alone (its connect, its first write). Batching the starts of each 0.2 ms
+cut scenario 4's client CPU (``bench/``) by ~12 % and its wall too, but the connections of a
+batch then complete together, in engine iterations of 15 ms, and the p99 delay of the chunks
+meanwhile grew from 4-7 ms to 6-10 ms (2.3x the floor's in a full run; at 1 ms batches, 13-22
+ms). The default keeps a turn after every call (docs/hot_path.md)."""
 
 
 def _layer_key(layer: dict[str, Any]) -> tuple[tuple[str, type, Any], ...]:

@@ -228,13 +228,11 @@ class _Generation:
 
 
 #: Attempts started per loop iteration at most (see ``_queue_start``). Each start is ~100-250
-#: µs of the loop, and the running streams' reads wait behind a burst. (Measured on bench
-#: scenario 4, 1,000 streams created at once: with every immediate admission started inline and
-#: 128 granted ones per iteration, first chunks waited up to 140 ms and the p99 delay was 15-28
-#: ms; with 16 for all, 4-8 ms. Since the facade batches the starts a caller makes in a row
-#: (``backends.ollama.YIELD_EVERY``), 16 a turn made the engine's share of an iteration the
-#: chunks' wait — first chunks' median delay 4 ms; with 8 it is ~1 ms.)
-START_BURST = 8
+#: µs of the loop, and the running streams' reads wait behind a burst: 16 keeps that to a few
+#: ms. (Measured on bench scenario 4, 1,000 streams created at once: with every immediate
+#: admission started inline and 128 granted ones per iteration, first chunks waited up to
+#: 140 ms and the p99 delay was 15-28 ms; with 16 for all, 4-8 ms; 4 measured like 16.)
+START_BURST = 16
 
 #: The records a relay leaves to the supervisor on the far side (see ``relay``).
 _RELAY_QUIET = frozenset({"generation_started", "first_chunk", "generation_completed"})
