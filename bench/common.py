@@ -129,6 +129,16 @@ class Arrivals:
                 self.times[i] = now
 
 
+async def receive_times(mot: Any) -> list[float]:
+    """Read a thunk to its end with ``astream()``; the receive time of each counting token
+    (one ``t`` each) in the order they came."""
+    times: list[float] = []
+    while not mot.is_computed():
+        text = await mot.astream()
+        times.extend([time.monotonic()] * text.count("t"))
+    return times
+
+
 def raise_open_files(want: int = 65536) -> int:
     """Raise this process's soft limit of open files towards ``want`` (capped by the hard limit);
     returns the soft limit now in force. Thousands of concurrent streams need one socket each."""

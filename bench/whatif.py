@@ -41,7 +41,7 @@ from typing import Any, Literal
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import find_tag, percentile, raise_open_files, tag  # noqa: E402
+from common import find_tag, percentile, raise_open_files, receive_times, tag  # noqa: E402
 
 CONFIGS = ("floor", "shipped", "gc-off", "freeze", "thread", "thread+gc-off", "wake-0")
 N, TOKENS, PERIOD = 1000, 40, 0.05
@@ -57,14 +57,7 @@ async def _mellea_actors(base_url: str, engine_loop: Literal["caller", "thread"]
     async def one(prompt: str) -> Any:
         return await m.ainstruct(prompt, strategy=None, model_options={"stream": True})
 
-    async def consume(mot: Any) -> list[float]:
-        times: list[float] = []
-        while not mot.is_computed():
-            text = await mot.astream()
-            times.extend([time.monotonic()] * text.count("t"))
-        return times
-
-    return one, consume
+    return one, receive_times
 
 
 async def _floor(base_url: str) -> Any:
