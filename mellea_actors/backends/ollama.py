@@ -44,7 +44,7 @@ YIELD_EVERY = 0.0
 A turn after every call makes each start of a burst pay whole iterations of the caller's loop
 and of the engine's alone (its connect, its first write). Batching the starts of each 0.2 ms
 cut scenario 4's client CPU (``bench/``) by ~12 % and its wall too, but engine iterations of
-15 ms then came during the burst (most likely a batch's connections completing together), and
+15 ms then came during the burst (what fills them is not known yet: not bunched connects), and
 the p99 delay of the chunks meanwhile grew from 4-7 ms to 6-10 ms (2.3x the floor's in a full
 run; at 1 ms batches, 13-22 ms). The default keeps a turn after every call
 (docs/hot_path.md)."""
