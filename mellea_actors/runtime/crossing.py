@@ -344,6 +344,8 @@ class _WakeBatch:
 _batches = threading.local()
 
 _thread_hosts = threading.local()
+"""Per thread: ``hosts``, the :class:`LoopHost` s it hosts (lent by :class:`blocking`), and
+``stepping``, the host loop while one of them runs an iteration (else None)."""
 
 
 def _host_call_soon(
@@ -357,10 +359,6 @@ def _host_call_soon(
             if host._inner is loop:
                 return host.call_soon(callback, args)
     return False
-
-
-"""Per thread: ``hosts``, the :class:`LoopHost` s it hosts (lent by :class:`blocking`), and
-``stepping``, the host loop while one of them runs an iteration (else None)."""
 
 
 def flush_wakes() -> None:
@@ -681,10 +679,14 @@ class LoopHost:
             if self._state is not _HOSTED or self._stepping:
                 return False
             self._inner.call_soon(callback, *args)
-            if not self._soon:
-                self._soon = True
-                self._host.call_soon(self._on_soon)
+            self._step_soon()
         return True
+
+    def _step_soon(self) -> None:
+        """Run an iteration of ``inner`` in the host's next turn (once, however often asked)."""
+        if not self._soon:
+            self._soon = True
+            self._host.call_soon(self._on_soon)
 
     def _on_soon(self) -> None:
         self._soon = False
@@ -732,9 +734,7 @@ class LoopHost:
         inner: Any = self._inner
         host = self._host
         if inner._ready:
-            if not self._soon:
-                self._soon = True
-                host.call_soon(self._on_soon)
+            self._step_soon()
             return
         scheduled = inner._scheduled
         if scheduled:
