@@ -530,6 +530,14 @@ def tell_here(ref: pykka.ActorRef[Any], message: Any) -> None:
         actor.receive_now(message)
 
 
+def _refuse(envelope: Envelope[Any], why: str) -> None:
+    """An envelope no actor will handle: its asker gets ``ActorDeadError``; a tell raises it."""
+    error = ActorDeadError(why)
+    if envelope.reply_to is None:
+        raise error from None
+    envelope.reply_to.set_exception((ActorDeadError, error, None))
+
+
 class _LoopInbox:
     """The mailbox of a LoopActor: each envelope becomes one callback on the actor loop."""
 
@@ -541,21 +549,12 @@ class _LoopInbox:
     def put(self, envelope: Envelope[Any], /) -> None:
         actor = self._actor
         if actor is None:  # stopped: its inbox let go of it (see ``LoopActor._let_go``)
-            if envelope.reply_to is not None:
-                envelope.reply_to.set_exception(
-                    (ActorDeadError, ActorDeadError("the actor has stopped"), None)
-                )
-                return
-            raise ActorDeadError("the actor has stopped")
+            _refuse(envelope, "the actor has stopped")
+            return
         try:
             actor.actor_loop.call_soon(actor._deliver, envelope)
         except RuntimeClosedError:
-            if envelope.reply_to is not None:
-                envelope.reply_to.set_exception(
-                    (ActorDeadError, ActorDeadError(f"{actor} is gone: its loop is closed"), None)
-                )
-            else:
-                raise ActorDeadError(f"{actor} is gone: its loop is closed") from None
+            _refuse(envelope, f"{actor} is gone: its loop is closed")
 
     def get(self) -> Envelope[Any]:  # pragma: no cover - pykka's thread loop only
         raise RuntimeError("a LoopActor's inbox is served by its ActorLoop")
